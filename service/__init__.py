@@ -1,0 +1,68 @@
+"""Racine resilience service: the Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+import redis
+from flask import Flask, g, request
+
+from service.celery_app import celery_init_app
+from service.config import load_settings
+from service.extensions import configure_sqlite, db, migrate
+from service.logs import configure_logging, request_id_var
+
+log = logging.getLogger(__name__)
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then `test_config`."""
+    app = Flask(__name__, instance_path=os.environ.get("RACINE_INSTANCE_PATH") or None)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_mapping(load_settings(app.instance_path))
+    if test_config:
+        app.config.from_mapping(test_config)
+
+    configure_logging(app.config["LOG_LEVEL"], json_output=app.config["LOG_JSON"])
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    with app.app_context():
+        configure_sqlite(db.engine)
+    app.extensions["redis"] = redis.Redis.from_url(
+        app.config["REDIS_URL"], socket_timeout=1.0, socket_connect_timeout=1.0,
+        health_check_interval=30,
+    )
+    celery_init_app(app)
+    _install_request_id(app)
+
+    from service import health, orders, webhooks
+
+    health.init_app(app)
+    orders.init_app(app)
+    webhooks.init_app(app)
+    return app
+
+
+def _install_request_id(app: Flask) -> None:
+    @app.before_request
+    def _assign_request_id():
+        incoming = request.headers.get("X-Request-ID", "")
+        # Accept a caller's id only when it is short and plain, so logs stay clean.
+        rid = incoming if 0 < len(incoming) <= 64 and incoming.isascii() and \
+            incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+        g.request_id = rid
+        g.request_id_token = request_id_var.set(rid)
+
+    @app.after_request
+    def _echo_request_id(response):
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.teardown_request
+    def _clear_request_id(_exc):
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)

@@ -1,0 +1,44 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, jsonify
+from sqlalchemy import text
+
+from service.extensions import db
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    checks = {"database": _check_database(), "redis": _check_redis()}
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify(status="ok" if ready else "unavailable", checks=checks), 200 if ready else 503
+
+
+def _check_database() -> str:
+    try:
+        db.session.execute(text("SELECT 1"))
+        db.session.rollback()
+        return "ok"
+    except Exception as exc:
+        db.session.rollback()
+        return f"error: {type(exc).__name__}"
+
+
+def _check_redis() -> str:
+    try:
+        current_app.extensions["redis"].ping()
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,13 @@
+"""Errors raised by the orders domain."""
+
+
+class OrdersError(Exception):
+    """Base class for errors of the orders domain."""
+
+
+class OrderNotFound(OrdersError):
+    """No order matches the reference an event carries."""
+
+
+class InvalidAmount(OrdersError):
+    """An amount is negative, not a number, or in another currency than the order."""

@@ -1,0 +1,170 @@
+"""`flask webhooks ...`: inspect the inbox and failures, replay failures, send a test event."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from sqlalchemy import func, select
+
+from service.cli_utils import Duration, echo_json, echo_table
+from service.extensions import db
+from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
+from service.webhooks.replay import Selection, retry_failures, select_failures
+
+cli = AppGroup("webhooks", help="Inspect stored webhook events and replay failures.")
+
+
+@cli.command("list")
+@click.option("--status", type=click.Choice(EventStatus.ALL), help="Only events in this state.")
+@click.option("--since", type=Duration(), help="Only events received within this window (1h, 2d).")
+@click.option("--provider", type=click.Choice(["stripe", "paypal"]))
+@click.option("--failures", is_flag=True, help="List rows of the failures table instead.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_events(status, since, provider, failures, limit, as_json):
+    """List stored events (newest first), or failures with --failures."""
+    if failures:
+        rows = [f.to_dict() for f in select_failures(Selection(since=since, provider=provider,
+                                                                include_resolved=True))][-limit:]
+        columns = ["id", "event_pk", "provider", "event_type", "retry_count", "resolved_at",
+                   "error_message"]
+    else:
+        query = select(WebhookEvent).order_by(WebhookEvent.id.desc()).limit(limit)
+        if status:
+            query = query.where(WebhookEvent.status == status)
+        if since:
+            query = query.where(WebhookEvent.received_at >= since)
+        if provider:
+            query = query.where(WebhookEvent.provider == provider)
+        rows = [e.to_dict() for e in db.session.scalars(query)]
+        columns = ["id", "provider", "event_id", "event_type", "status", "attempts",
+                   "received_at", "last_error"]
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table(rows, columns)
+
+
+@cli.command("show")
+@click.argument("event_pk", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show_event(event_pk, as_json):
+    """Show one stored event, its payload and its failure record."""
+    event = db.session.get(WebhookEvent, event_pk)
+    if event is None:
+        raise click.ClickException(f"no webhook event with id {event_pk}")
+    data = event.to_dict(with_payload=True)
+    data["failure"] = event.failure.to_dict() if event.failure else None
+    if as_json:
+        echo_json(data)
+        return
+    payload = data.pop("payload")
+    failure = data.pop("failure")
+    for key, value in data.items():
+        click.echo(f"{key:>14}: {'' if value is None else value}")
+    if failure:
+        click.echo("       failure: " + json.dumps(failure, default=str))
+    click.echo("       payload:")
+    try:
+        click.echo(json.dumps(json.loads(payload), indent=2))
+    except ValueError:
+        click.echo(payload)
+
+
+@cli.command("retry")
+@click.option("--since", type=Duration(), help="Failures updated within this window (1h, 2d).")
+@click.option("--id", "failure_id", type=int, help="One failure, by its id in webhook_failures.")
+@click.option("--provider", type=click.Choice(["stripe", "paypal"]))
+@click.option("--dry-run", is_flag=True, help="Show what would be retried; change nothing.")
+@click.option("--actor", default="cli", show_default=True, help="Who asks, for the audit trail.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def retry(since, failure_id, provider, dry_run, actor, as_json):
+    """Re-enqueue unresolved failures. Exit 0 when all were enqueued, 1 otherwise."""
+    if since is None and failure_id is None and provider is None:
+        raise click.UsageError("say which failures: --since, --id or --provider")
+    failures = select_failures(Selection(since=since, failure_id=failure_id, provider=provider))
+    if failure_id is not None and not failures:
+        raise click.ClickException(f"no unresolved failure with id {failure_id}")
+    if dry_run:
+        rows = [f.to_dict() for f in failures]
+        if as_json:
+            echo_json({"dry_run": True, "would_retry": rows})
+        else:
+            echo_table(rows, ["id", "event_pk", "provider", "event_type", "retry_count",
+                              "error_message"])
+            click.echo(f"dry run: {len(rows)} failure(s) would be retried")
+        return
+    counts = {"enqueued": 0, "left_for_relay": 0, "skipped": 0}
+    with click.progressbar(length=len(failures), label="retrying", file=sys.stderr,
+                           show_pos=True) as bar:
+        for outcome in retry_failures(failures, actor=actor):
+            counts[outcome.result] += 1
+            bar.update(1)
+    summary = {"selected": len(failures), **counts}
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(f"{len(failures)} selected: {counts['enqueued']} enqueued, "
+                   f"{counts['left_for_relay']} left for the relay (broker down), "
+                   f"{counts['skipped']} skipped (already processed)")
+    sys.exit(0 if counts["left_for_relay"] == 0 else 1)
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(as_json):
+    """Count events per status and open failures."""
+    counts = dict(db.session.execute(
+        select(WebhookEvent.status, func.count()).group_by(WebhookEvent.status)).all())
+    open_failures = db.session.scalar(
+        select(func.count()).select_from(WebhookFailure).where(WebhookFailure.resolved_at.is_(None)))
+    data = {"events": {s: counts.get(s, 0) for s in EventStatus.ALL},
+            "open_failures": open_failures}
+    if as_json:
+        echo_json(data)
+    else:
+        for key, value in data["events"].items():
+            click.echo(f"{key:>12}: {value}")
+        click.echo(f"{'open failures':>12}: {open_failures}")
+
+
+@cli.command("send-test")
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/stripe", show_default=True,
+              help="The Stripe webhook endpoint to send to.")
+@click.option("--order", "order_id", type=int, help="Order to pay (default: a pending one).")
+@click.option("--type", "event_type", default="payment_intent.succeeded", show_default=True,
+              type=click.Choice(["payment_intent.succeeded", "payment_intent.payment_failed"]))
+def send_test(url, order_id, event_type):
+    """Send a correctly signed Stripe test event for an order, and print the answer."""
+    import requests
+    import stripe
+
+    from service.orders.models import Order
+
+    order = (db.session.get(Order, order_id) if order_id else
+             db.session.scalar(select(Order).where(Order.status == "pending").limit(1)))
+    if order is None:
+        raise click.ClickException("no such order; run `flask demo seed` first or pass --order")
+    intent_id = f"pi_test_{uuid.uuid4().hex[:16]}"
+    body = json.dumps({
+        "id": f"evt_test_{uuid.uuid4().hex[:16]}",
+        "object": "event",
+        "type": event_type,
+        "created": int(time.time()),
+        "data": {"object": {"id": intent_id, "object": "payment_intent",
+                            "amount": order.total_cents, "amount_received": order.total_cents,
+                            "currency": order.currency.lower(),
+                            "metadata": {"order_id": str(order.id)}}},
+    })
+    secret = current_app.config["STRIPE_WEBHOOK_SECRET"][0]
+    header = stripe.WebhookSignature.generate_signature_header(body, secret)
+    response = requests.post(url, data=body.encode(), timeout=10, headers={
+        "Content-Type": "application/json", "Stripe-Signature": header})
+    click.echo(f"order {order.id}: {event_type} -> HTTP {response.status_code} {response.text.strip()}")
+    sys.exit(0 if response.ok else 1)

@@ -1,0 +1,63 @@
+"""The fast duplicate check in Redis, in front of the database's unique constraint.
+
+A key is first claimed as `pending`, and only marked `stored` after the event's row is
+committed. A delivery that finds `stored` is a duplicate without touching the database;
+one that finds `pending` (a concurrent delivery, or one that crashed before its commit)
+goes on to the database, which stays the authority. So a Redis answer can never make
+the service acknowledge an event that is not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+log = logging.getLogger(__name__)
+
+STORED = b"stored"
+PENDING = b"pending"
+
+
+class DedupCache:
+    def __init__(self, *, client: redis.Redis, ttl_seconds: int = 300, prefix: str = "racine:dedup"):
+        self._client = client
+        self._ttl = ttl_seconds
+        self._prefix = prefix
+
+    def _key(self, provider: str, event_id: str) -> str:
+        return f"{self._prefix}:{provider}:{event_id}"
+
+    def seen_stored(self, provider: str, event_id: str) -> bool:
+        """Claim the key; True only when an earlier delivery's row is known to be committed.
+
+        Redis being unreachable answers False: the database check then decides.
+        """
+        key = self._key(provider, event_id)
+        try:
+            previous = self._client.set(key, PENDING, nx=True, ex=self._ttl, get=True)
+        except redis.ResponseError:
+            # Servers before 7.0 refuse NX together with GET.
+            try:
+                if self._client.set(key, PENDING, nx=True, ex=self._ttl):
+                    return False
+                previous = self._client.get(key)
+            except redis.RedisError:
+                return False
+        except redis.RedisError as exc:
+            log.warning("dedup cache unavailable", extra={"error": type(exc).__name__})
+            return False
+        return previous == STORED
+
+    def mark_stored(self, provider: str, event_id: str) -> None:
+        try:
+            self._client.set(self._key(provider, event_id), STORED, ex=self._ttl)
+        except redis.RedisError:
+            pass
+
+    def release(self, provider: str, event_id: str) -> None:
+        """Forget a pending claim whose row could not be stored, so a redelivery is not delayed."""
+        try:
+            self._client.delete(self._key(provider, event_id))
+        except redis.RedisError:
+            pass

@@ -1,0 +1,44 @@
+"""Errors raised while taking in and processing provider events."""
+
+
+class WebhookError(Exception):
+    """Base class for errors of the webhooks domain."""
+
+
+class RejectedDelivery(WebhookError):
+    """A delivery the endpoint refuses with a 4xx; `reason` is safe to return and log."""
+
+    status_code = 400
+    code = "rejected"
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SignatureError(RejectedDelivery):
+    """The signature is missing, malformed, stale, or does not match."""
+
+    code = "bad_signature"
+
+
+class MalformedEvent(RejectedDelivery):
+    """The body is not JSON, or lacks the event id or type."""
+
+    code = "malformed_event"
+
+
+class StorageUnavailable(WebhookError):
+    """The database could not store the event; the provider must deliver it again."""
+
+
+class ProcessingError(WebhookError):
+    """Base class for errors raised while a worker applies an event."""
+
+
+class TransientError(ProcessingError):
+    """May succeed later (a lock, a lost connection): retried with backoff."""
+
+
+class PermanentError(ProcessingError):
+    """Will fail again however often it is tried: goes straight to the failures table."""

@@ -1,0 +1,169 @@
+"""Applying one stored event: claim the row, run its handler, record the outcome.
+
+The database, not the broker, decides what is outstanding. A worker claims an event
+with a conditional UPDATE that also takes a lease; the handler's changes and the final
+status are committed together only while that lease is still this worker's. A message
+delivered twice (acks_late, relay, replay) therefore finds the row claimed or done and
+does nothing, and a worker killed mid-task leaves a lease that expires and lets the
+relay hand the event to another worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+
+from service.db_types import utcnow
+from service.extensions import db
+from service.orders.exceptions import OrdersError
+from service.webhooks import handlers
+from service.webhooks.exceptions import PermanentError, ProcessingError, TransientError
+from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class Claim:
+    event_pk: int
+    token: str
+    attempts: int
+
+
+def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:
+    """Take the event for this worker; None when it is done, failed, or leased by another."""
+    now = utcnow()
+    token = secrets.token_hex(16)
+    result = db.session.execute(
+        update(WebhookEvent)
+        .where(
+            WebhookEvent.id == event_pk,
+            or_(
+                WebhookEvent.status.in_((EventStatus.RECEIVED, EventStatus.QUEUED)),
+                (WebhookEvent.status == EventStatus.PROCESSING)
+                & (WebhookEvent.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status=EventStatus.PROCESSING,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=WebhookEvent.attempts + 1,
+        )
+        .returning(WebhookEvent.attempts)
+    )
+    attempts = result.scalar()
+    db.session.commit()
+    return None if attempts is None else Claim(event_pk, token, attempts)
+
+
+def apply(claimed: Claim) -> str:
+    """Run the event's handler and commit its effects with the final status.
+
+    Returns "processed", "ignored" or "lost_lease"; raises TransientError or
+    PermanentError, with the transaction rolled back, for the caller to decide.
+    """
+    event = db.session.get(WebhookEvent, claimed.event_pk)
+    handler = handlers.lookup(event.provider, event.event_type)
+    source = f"{event.provider}:{event.event_id}"
+    try:
+        if handler is None:
+            status = EventStatus.IGNORED
+        else:
+            handler(json.loads(event.payload), source)
+            status = EventStatus.PROCESSED
+        finished = db.session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == claimed.event_pk, WebhookEvent.lease_token == claimed.token)
+            .values(status=status, processed_at=utcnow(), lease_token=None,
+                    lease_expires_at=None, last_error=None)
+        ).rowcount
+        if not finished:
+            db.session.rollback()
+            return "lost_lease"
+        if claimed.attempts > 1:
+            db.session.execute(
+                update(WebhookFailure)
+                .where(WebhookFailure.event_pk == claimed.event_pk,
+                       WebhookFailure.resolved_at.is_(None))
+                .values(resolved_at=utcnow())
+            )
+        db.session.commit()
+    except BaseException as exc:
+        db.session.rollback()
+        raise classify(exc) from exc
+    return status
+
+
+def classify(exc: BaseException) -> BaseException:
+    """Decide, in one place, whether an error is worth retrying."""
+    if isinstance(exc, ProcessingError):
+        return exc
+    if isinstance(exc, OrdersError):
+        return PermanentError(str(exc))
+    if isinstance(exc, IntegrityError):
+        # A concurrent insert of the same provider id: the next attempt finds the row.
+        return TransientError("conflicting concurrent write")
+    if isinstance(exc, OperationalError | TimeoutError | ConnectionError | SoftTimeLimitExceeded):
+        return TransientError(type(exc).__name__)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return TransientError("database connection lost")
+    if isinstance(exc, Exception):
+        return PermanentError(f"{type(exc).__name__}: {exc}")
+    return exc  # KeyboardInterrupt, SystemExit, time limits: not ours to classify
+
+
+def defer(event_pk: int, *, error: str) -> None:
+    """Give a transiently failed event back to the queue state while it waits to retry."""
+    _write_outcome(
+        update(WebhookEvent)
+        .where(WebhookEvent.id == event_pk, WebhookEvent.status == EventStatus.PROCESSING)
+        .values(status=EventStatus.QUEUED, queued_at=utcnow(), lease_token=None,
+                lease_expires_at=None, last_error=error[:MAX_ERROR_LENGTH])
+    )
+
+
+def record_failure(event_pk: int, *, error: str) -> None:
+    """Mark the event failed and open (or re-open) its one row in webhook_failures."""
+    error = error[:MAX_ERROR_LENGTH]
+    event = db.session.get(WebhookEvent, event_pk)
+    if event is None or event.status in EventStatus.DONE:
+        return
+    event.status = EventStatus.FAILED
+    event.lease_token = None
+    event.lease_expires_at = None
+    event.last_error = error
+    failure = db.session.scalar(select(WebhookFailure).where(WebhookFailure.event_pk == event_pk))
+    if failure is None:
+        db.session.add(WebhookFailure(
+            event_pk=event_pk, provider=event.provider, event_type=event.event_type,
+            payload=event.payload, error_message=error, retry_count=0,
+        ))
+    else:
+        failure.error_message = error
+        failure.resolved_at = None
+    try:
+        db.session.commit()
+    except SQLAlchemyError:
+        db.session.rollback()
+        raise
+    log.error("event failed", extra={"event_pk": event_pk, "provider": event.provider,
+                                     "event_type": event.event_type, "error": error[:200]})
+
+
+def _write_outcome(statement) -> None:
+    try:
+        db.session.execute(statement)
+        db.session.commit()
+    except SQLAlchemyError:
+        db.session.rollback()
+        raise

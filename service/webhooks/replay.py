@@ -1,0 +1,75 @@
+"""Replaying failed events: the one place a responder's retry goes through."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from service.db_types import utcnow
+from service.extensions import db
+from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
+from service.webhooks.queueing import mark_unpublished, publish_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    since: datetime | None = None
+    failure_id: int | None = None
+    provider: str | None = None
+    include_resolved: bool = False
+
+
+def select_failures(selection: Selection) -> list[WebhookFailure]:
+    query = select(WebhookFailure).order_by(WebhookFailure.created_at, WebhookFailure.id)
+    if selection.failure_id is not None:
+        query = query.where(WebhookFailure.id == selection.failure_id)
+    if selection.since is not None:
+        query = query.where(WebhookFailure.updated_at >= selection.since)
+    if selection.provider:
+        query = query.where(WebhookFailure.provider == selection.provider)
+    if not selection.include_resolved:
+        query = query.where(WebhookFailure.resolved_at.is_(None))
+    return list(db.session.scalars(query))
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    failure_id: int
+    event_pk: int
+    result: str  # "enqueued", "left_for_relay", "skipped"
+
+
+def retry_failures(failures: list[WebhookFailure], *, actor: str) -> Iterator[RetryOutcome]:
+    """Put each failed event back in the queue and count the manual retry.
+
+    The event goes back to `queued` in the same commit that counts the retry, so even if
+    the broker is down now the relay will enqueue it; the failure row is resolved by the
+    worker once the event is processed.
+    """
+    for failure in failures:
+        event = db.session.get(WebhookEvent, failure.event_pk, with_for_update=True)
+        if event is None or event.status in EventStatus.DONE or failure.resolved_at:
+            db.session.rollback()
+            yield RetryOutcome(failure.id, failure.event_pk, "skipped")
+            continue
+        now = utcnow()
+        failure.retry_count += 1
+        failure.last_retry_at = now
+        event.status = EventStatus.QUEUED
+        event.queued_at = now
+        event.lease_token = None
+        event.lease_expires_at = None
+        db.session.commit()
+        log.info("manual retry", extra={"event_pk": event.id, "provider": event.provider,
+                                        "event_type": event.event_type, "outcome": actor})
+        if publish_event(event.id):
+            yield RetryOutcome(failure.id, event.id, "enqueued")
+        else:
+            mark_unpublished(event.id)
+            yield RetryOutcome(failure.id, event.id, "left_for_relay")

@@ -1,0 +1,74 @@
+"""Celery tasks of the webhooks domain: processing one event, and the relay."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from celery import shared_task
+from flask import current_app
+
+from service.logs import event_var
+from service.webhooks import processing, relay
+from service.webhooks.exceptions import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(retries: int, *, factor: float, maximum: int, jitter: bool) -> int:
+    """Seconds before retry number `retries + 1`: exponential, capped, with jitter.
+
+    The jitter draws from the upper half of each step ("equal jitter"), so retries of
+    many events spread out while each event's delays still grow from one try to the next.
+    """
+    ceiling = min(maximum, factor * (2 ** retries))
+    if jitter:
+        ceiling = random.uniform(ceiling / 2, ceiling)
+    return max(1, round(ceiling))
+
+
+@shared_task(bind=True, name="webhooks.process_event", acks_late=True,
+             reject_on_worker_lost=True, ignore_result=True)
+def process_event(self, event_pk: int) -> str:
+    """Apply a stored event; retry transient errors with backoff, record permanent ones."""
+    token = event_var.set(str(event_pk))
+    try:
+        return _process(self, event_pk)
+    finally:
+        event_var.reset(token)
+
+
+def _process(task, event_pk: int) -> str:
+    lease = current_app.config["PROCESSING_LEASE_SECONDS"]
+    claimed = processing.claim(event_pk, lease_seconds=lease)
+    if claimed is None:
+        log.info("event already handled or leased", extra={"event_pk": event_pk,
+                                                           "outcome": "skipped"})
+        return "skipped"
+    try:
+        outcome = processing.apply(claimed)
+    except PermanentError as exc:
+        processing.record_failure(event_pk, error=str(exc))
+        return "failed"
+    except TransientError as exc:
+        retries = task.request.retries
+        if retries >= task.max_retries:
+            processing.record_failure(
+                event_pk, error=f"retries exhausted after {retries + 1} attempts: {exc}"
+            )
+            return "failed"
+        countdown = backoff_delay(retries, factor=task.retry_backoff,
+                                  maximum=task.retry_backoff_max, jitter=task.retry_jitter)
+        processing.defer(event_pk, error=str(exc))
+        log.warning("event will be retried", extra={
+            "event_pk": event_pk, "retries": retries + 1, "countdown": countdown,
+            "error": str(exc)[:200]})
+        raise task.retry(exc=exc, countdown=countdown) from None
+    log.info("event handled", extra={"event_pk": event_pk, "outcome": outcome})
+    return outcome
+
+
+@shared_task(name="webhooks.relay_pending", ignore_result=True)
+def relay_pending() -> dict:
+    """Beat task: enqueue stored events the broker does not have (see `relay`)."""
+    return relay.relay_pending().as_dict()

@@ -1,0 +1,58 @@
+"""HTTP intake: `POST /webhooks/<provider>`."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from service.webhooks.exceptions import RejectedDelivery, StorageUnavailable
+from service.webhooks.intake import accept_event
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+
+@bp.post("/<provider>")
+def receive(provider: str):
+    verifiers = current_app.extensions["webhook_verifiers"]
+    verifier = verifiers.get(provider)
+    if verifier is None:
+        return _error(404, "unknown_provider", f"no webhook endpoint for {provider!r}"[:80])
+    request.max_content_length = current_app.config["WEBHOOK_MAX_BODY_BYTES"]
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        log.info("delivery too large", extra={"provider": provider, "code": 413})
+        return _error(413, "too_large", "body exceeds the size limit")
+    try:
+        event = verifier.verify(body, request.headers)
+    except RejectedDelivery as exc:
+        log.info("delivery rejected", extra={"provider": provider, "reason": exc.reason,
+                                             "code": exc.status_code})
+        return _error(exc.status_code, exc.code, exc.reason)
+    try:
+        result = accept_event(
+            event,
+            dedup=current_app.extensions["webhook_dedup"],
+            request_id=g.get("request_id"),
+        )
+    except StorageUnavailable as exc:
+        log.error("event not stored: database unavailable",
+                  extra={"provider": provider, "event_id": event.event_id, "error": str(exc)})
+        response = _error(503, "storage_unavailable", "event not stored; deliver again")
+        response.headers["Retry-After"] = "30"
+        return response
+    log.info("delivery accepted", extra={
+        "provider": provider, "event_id": event.event_id, "event_type": event.event_type,
+        "event_pk": result.event_pk, "outcome": result.status,
+    })
+    return jsonify(status=result.status, event_id=event.event_id), 200
+
+
+def _error(status: int, code: str, reason: str):
+    response = jsonify(error=code, reason=reason)
+    response.status_code = status
+    return response
