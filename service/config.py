@@ -85,6 +85,8 @@ def load_settings(instance_path: str) -> dict:
         "PAYPAL_TOLERANCE_SECONDS": _env_int("PAYPAL_TOLERANCE_SECONDS", 0),
         "PAYPAL_CERT_TIMEOUT_SECONDS": _env_float("PAYPAL_CERT_TIMEOUT_SECONDS", 5.0),
         "WEBHOOK_MAX_BODY_BYTES": _env_int("WEBHOOK_MAX_BODY_BYTES", 256 * 1024),
+        # Extra modules whose @handles functions are registered (plug-ins, test handlers).
+        "WEBHOOK_HANDLER_MODULES": _env_list("WEBHOOK_HANDLER_MODULES", ""),
         "DEDUP_TTL_SECONDS": _env_int("DEDUP_TTL_SECONDS", 300),
         # Processing and retries
         "WEBHOOK_MAX_RETRIES": _env_int("WEBHOOK_MAX_RETRIES", 8),

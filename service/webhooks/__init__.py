@@ -1,5 +1,7 @@
 """Provider webhooks: intake, processing, failures and replay."""
 
+import importlib
+
 from flask import Flask
 
 
@@ -12,6 +14,8 @@ def init_app(app: Flask) -> None:
     from service.webhooks.views import bp
 
     cfg = app.config
+    for module in cfg["WEBHOOK_HANDLER_MODULES"]:
+        importlib.import_module(module)
     app.extensions["webhook_verifiers"] = {
         "stripe": StripeVerifier(secrets=cfg["STRIPE_WEBHOOK_SECRET"],
                                  tolerance=cfg["STRIPE_TOLERANCE_SECONDS"]),

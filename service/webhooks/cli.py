@@ -151,6 +151,7 @@ def send_test(url, order_id, event_type):
              db.session.scalar(select(Order).where(Order.status == "pending").limit(1)))
     if order is None:
         raise click.ClickException("no such order; run `flask demo seed` first or pass --order")
+    order_ref = {"id": order.id, "total_cents": order.total_cents, "currency": order.currency}
     intent_id = f"pi_test_{uuid.uuid4().hex[:16]}"
     body = json.dumps({
         "id": f"evt_test_{uuid.uuid4().hex[:16]}",
@@ -158,13 +159,17 @@ def send_test(url, order_id, event_type):
         "type": event_type,
         "created": int(time.time()),
         "data": {"object": {"id": intent_id, "object": "payment_intent",
-                            "amount": order.total_cents, "amount_received": order.total_cents,
-                            "currency": order.currency.lower(),
-                            "metadata": {"order_id": str(order.id)}}},
+                            "amount": order_ref["total_cents"],
+                            "amount_received": order_ref["total_cents"],
+                            "currency": order_ref["currency"].lower(),
+                            "metadata": {"order_id": str(order_ref["id"])}}},
     })
+    # End the read transaction first: on SQLite it would hold the lock the endpoint needs.
+    db.session.rollback()
     secret = current_app.config["STRIPE_WEBHOOK_SECRET"][0]
     header = stripe.WebhookSignature.generate_signature_header(body, secret)
     response = requests.post(url, data=body.encode(), timeout=10, headers={
         "Content-Type": "application/json", "Stripe-Signature": header})
-    click.echo(f"order {order.id}: {event_type} -> HTTP {response.status_code} {response.text.strip()}")
+    click.echo(f"order {order_ref['id']}: {event_type} -> "
+               f"HTTP {response.status_code} {response.text.strip()}")
     sys.exit(0 if response.ok else 1)

@@ -15,16 +15,16 @@ from service.webhooks.exceptions import PermanentError, TransientError
 log = logging.getLogger(__name__)
 
 
-def backoff_delay(retries: int, *, factor: float, maximum: int, jitter: bool) -> int:
+def backoff_delay(retries: int, *, factor: float, maximum: float, jitter: bool) -> float:
     """Seconds before retry number `retries + 1`: exponential, capped, with jitter.
 
     The jitter draws from the upper half of each step ("equal jitter"), so retries of
     many events spread out while each event's delays still grow from one try to the next.
     """
-    ceiling = min(maximum, factor * (2 ** retries))
+    ceiling = min(float(maximum), factor * (2 ** retries))
     if jitter:
         ceiling = random.uniform(ceiling / 2, ceiling)
-    return max(1, round(ceiling))
+    return round(max(ceiling, 0.1), 3)
 
 
 @shared_task(bind=True, name="webhooks.process_event", acks_late=True,

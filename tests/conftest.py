@@ -1,0 +1,135 @@
+"""Test session set-up: a fresh PostgreSQL database and a private Redis database.
+
+The servers come from DATABASE_URL / REDIS_URL (set by `scripts/testenv.py`, which
+starts throwaway ones when none is running). Every test session creates its own
+database, migrates it with the real migrations and drops it at the end. Settings are
+exported to the environment so the workers and web servers that tests start as real
+processes use the same database, broker and timings.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis as redis_lib
+from sqlalchemy import text
+
+BASE_DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+BASE_REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+REDIS_TEST_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+
+STRIPE_SECRET = "whsec_test_primary"
+STRIPE_OLD_SECRET = "whsec_test_rotated_out"
+PAYPAL_WEBHOOK_ID = "WH-TEST-0001"
+
+# Timings shortened so relay, leases and retries are observable within a test.
+TEST_SETTINGS = {
+    "RACINE_DOTENV": "/nonexistent/.env",
+    "STRIPE_WEBHOOK_SECRET": f"{STRIPE_SECRET},{STRIPE_OLD_SECRET}",
+    "PAYPAL_WEBHOOK_ID": PAYPAL_WEBHOOK_ID,
+    "WEBHOOK_HANDLER_MODULES": "tests.support.test_handlers",
+    "RELAY_INTERVAL_SECONDS": "1",
+    "RELAY_MIN_AGE_SECONDS": "1",
+    "PROCESSING_LEASE_SECONDS": "30",
+    "WEBHOOK_RETRY_BACKOFF": "1",
+    "WEBHOOK_RETRY_JITTER": "false",
+    "WEBHOOK_MAX_RETRIES": "3",
+    "LOG_LEVEL": "INFO",
+}
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def paypal_signing(tmp_path_factory):
+    """A throwaway key and certificate; the app pins the certificate via PAYPAL_CERT_PATH."""
+    from tests.support.paypal_keys import make_certificate
+
+    key, pem = make_certificate()
+    path = tmp_path_factory.mktemp("paypal") / "cert.pem"
+    path.write_bytes(pem)
+    return key, str(path)
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, paypal_signing):
+    """Create the test database and Redis namespace, and export the settings."""
+    name = f"racine_test_{uuid.uuid4().hex[:10]}"
+    admin = _plain(BASE_DATABASE_URL)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(BASE_REDIS_URL)
+    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_TEST_DB}", "", ""))
+    redis_lib.Redis.from_url(redis_url).flushdb()
+    env = {
+        **TEST_SETTINGS,
+        "DATABASE_URL": _with_database(admin, name),
+        "REDIS_URL": redis_url,
+        "PAYPAL_CERT_PATH": paypal_signing[1],
+        "RACINE_INSTANCE_PATH": str(tmp_path_factory.mktemp("instance")),
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def app(service_env):
+    from flask_migrate import upgrade
+
+    from service import create_app
+
+    app = create_app({"TESTING": True})
+    with app.app_context():
+        upgrade()
+    return app
+
+
+@pytest.fixture
+def clean(app):
+    """Empty every table and the Redis namespace before the test."""
+    from service.extensions import db
+
+    with app.app_context():
+        tables = ", ".join(
+            f'"{t.name}"' for t in db.metadata.sorted_tables
+        )
+        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        db.session.commit()
+        db.session.remove()
+    app.extensions["redis"].flushdb()
+    yield app
+
+
+@pytest.fixture
+def ctx(clean):
+    """An app context with empty tables, for tests of services and models."""
+    from service.extensions import db
+
+    with clean.app_context():
+        yield db.session
+        db.session.rollback()
+        db.session.remove()
+
+
+@pytest.fixture
+def client(clean):
+    return clean.test_client()

@@ -1,0 +1,50 @@
+"""Handlers for event types that exist only in tests, loaded through WEBHOOK_HANDLER_MODULES.
+
+They stand in for a provider whose events fail in controlled ways; the domain effect
+they produce is a real payment through the orders service, so "exactly once" can be
+counted in the database. Attempt times are kept in Redis so the test can see the
+retry delays the worker chose.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from flask import current_app
+
+from service.orders import services as orders
+from service.webhooks.exceptions import TransientError
+from service.webhooks.handlers import handles
+
+
+def _redis() -> redis.Redis:
+    return current_app.extensions["redis"]
+
+
+def _pay(obj: dict, source: str):
+    return orders.record_payment(
+        order_id=int(obj["order_id"]), provider="stripe",
+        provider_payment_id=obj["payment_id"], amount_cents=int(obj.get("amount", 100)),
+        currency="eur", source=source,
+    )
+
+
+@handles("stripe", "test.flaky")
+def flaky(event: dict, source: str):
+    """Fail transiently `fail_times` times, then pay the order."""
+    obj = event["data"]["object"]
+    key = f"test:attempts:{event['id']}"
+    _redis().rpush(key, repr(time.time()))
+    if _redis().llen(key) <= int(obj.get("fail_times", 0)):
+        raise TransientError("simulated lock timeout")
+    return _pay(obj, source)
+
+
+@handles("stripe", "test.slow")
+def slow(event: dict, source: str):
+    """Sleep, then pay the order: a window in which a worker can be killed."""
+    obj = event["data"]["object"]
+    _redis().rpush(f"test:started:{event['id']}", repr(time.time()))
+    time.sleep(float(obj.get("sleep", 5)))
+    return _pay(obj, source)
