@@ -37,9 +37,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     celery_init_app(app)
     _install_request_id(app)
 
-    from service import health, orders, webhooks
+    from service import health, metrics, orders, webhooks
 
     health.init_app(app)
+    metrics.init_app(app)
     orders.init_app(app)
     webhooks.init_app(app)
     return app

@@ -9,6 +9,7 @@ from celery import shared_task
 from flask import current_app
 
 from service.logs import event_var
+from service.metrics import increment
 from service.webhooks import processing, relay
 from service.webhooks.exceptions import PermanentError, TransientError
 
@@ -39,6 +40,12 @@ def process_event(self, event_pk: int) -> str:
 
 
 def _process(task, event_pk: int) -> str:
+    outcome = _attempt(task, event_pk)
+    increment("racine_webhooks_events_total", outcome=outcome)
+    return outcome
+
+
+def _attempt(task, event_pk: int) -> str:
     lease = current_app.config["PROCESSING_LEASE_SECONDS"]
     claimed = processing.claim(event_pk, lease_seconds=lease)
     if claimed is None:
@@ -63,6 +70,7 @@ def _process(task, event_pk: int) -> str:
         log.warning("event will be retried", extra={
             "event_pk": event_pk, "retries": retries + 1, "countdown": countdown,
             "error": str(exc)[:200]})
+        increment("racine_webhooks_events_total", outcome="retried")
         raise task.retry(exc=exc, countdown=countdown) from None
     log.info("event handled", extra={"event_pk": event_pk, "outcome": outcome})
     return outcome
