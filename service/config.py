@@ -70,7 +70,6 @@ def load_settings(instance_path: str) -> dict:
     return {
         "SECRET_KEY": _env_str("SECRET_KEY", "dev-only-change-me"),
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url),
         "REDIS_URL": redis_url,
         "LOG_LEVEL": _env_str("LOG_LEVEL", "INFO"),
         "LOG_JSON": _env_bool("LOG_JSON", True),
@@ -115,7 +114,8 @@ def load_settings(instance_path: str) -> dict:
     }
 
 
-def _engine_options(database_url: str) -> dict:
+def engine_options(database_url: str) -> dict:
+    """Connection options that suit the database the URL names."""
     if database_url.startswith("sqlite"):
         # SQLite serialises writers; a long busy timeout turns lock contention into waiting.
         return {"connect_args": {"timeout": 30}}

@@ -20,7 +20,6 @@ from sqlalchemy import text
 
 BASE_DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 BASE_REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-REDIS_TEST_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
 
 STRIPE_SECRET = "whsec_test_primary"
 STRIPE_OLD_SECRET = "whsec_test_rotated_out"
@@ -70,7 +69,8 @@ def service_env(tmp_path_factory, paypal_signing):
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     parts = urlsplit(BASE_REDIS_URL)
-    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{REDIS_TEST_DB}", "", ""))
+    redis_db, release_redis_db = _claim_redis_db(parts)
+    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{redis_db}", "", ""))
     redis_lib.Redis.from_url(redis_url).flushdb()
     env = {
         **TEST_SETTINGS,
@@ -87,8 +87,29 @@ def service_env(tmp_path_factory, paypal_signing):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    release_redis_db()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _claim_redis_db(parts):
+    """Take a Redis database number no other test session on this server is using.
+
+    Tests flush their database and run workers that consume its queues, so two sessions
+    sharing one would steal each other's messages. The claims live in database 0.
+    """
+    registry = redis_lib.Redis.from_url(urlunsplit((parts.scheme, parts.netloc, "/0", "", "")))
+    wanted = os.environ.get("TEST_REDIS_DB")
+    candidates = [int(wanted)] if wanted else range(15, 0, -1)
+    token = uuid.uuid4().hex
+    for number in candidates:
+        key = f"racine:test:redis-db-claim:{number}"
+        if registry.set(key, token, nx=True, ex=3 * 3600):
+            def release(key=key):
+                if registry.get(key) == token.encode():
+                    registry.delete(key)
+            return number, release
+    raise RuntimeError("no free Redis database for this test session")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from flask import current_app
 from sqlalchemy import update
 
 from service.extensions import db
@@ -18,10 +19,9 @@ def publish_event(event_pk: int) -> bool:
     Never raises: the event is already durable, and the relay enqueues whatever this
     could not.
     """
-    from service.webhooks.tasks import process_event
-
+    celery = current_app.extensions["celery"]
     try:
-        process_event.apply_async(args=[event_pk], queue="webhooks", retry=False)
+        celery.send_task("webhooks.process_event", args=[event_pk], queue="webhooks", retry=False)
     except Exception as exc:  # any broker failure leaves the event to the relay
         log.warning("broker unavailable, event left for the relay",
                     extra={"event_pk": event_pk, "error": type(exc).__name__})

@@ -24,10 +24,8 @@ def receive(provider: str):
     verifier = verifiers.get(provider)
     if verifier is None:
         return _error(404, "unknown_provider", f"no webhook endpoint for {provider!r}"[:80])
-    request.max_content_length = current_app.config["WEBHOOK_MAX_BODY_BYTES"]
-    try:
-        body = request.get_data(cache=False)
-    except RequestEntityTooLarge:
+    body = _read_capped(current_app.config["WEBHOOK_MAX_BODY_BYTES"])
+    if body is None:
         log.info("delivery too large", extra={"provider": provider, "code": 413})
         increment(DELIVERIES, provider=provider, outcome="too_large")
         return _error(413, "too_large", "body exceeds the size limit")
@@ -57,6 +55,21 @@ def receive(provider: str):
     })
     increment(DELIVERIES, provider=provider, outcome=result.status)
     return jsonify(status=result.status, event_id=event.event_id), 200
+
+
+def _read_capped(limit: int) -> bytes | None:
+    """The raw body, or None when it is larger than `limit`.
+
+    A declared length is checked before reading; a chunked body has none, so one byte
+    past the limit is read to tell "exactly the limit" from "too large".
+    """
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    try:
+        body = request.stream.read(limit + 1)
+    except RequestEntityTooLarge:
+        return None
+    return None if len(body) > limit else body
 
 
 def _error(status: int, code: str, reason: str):

@@ -1,0 +1,123 @@
+"""The migrations build the schema the models describe, on SQLite and on PostgreSQL.
+
+Each test migrates an empty database of its own from nothing to head, compares the result
+with the models (Alembic's autogenerate comparison: no differences allowed), and goes
+back down to base.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from service.extensions import db
+
+
+def _use_celery_of(flask_app) -> None:
+    # Every create_app makes its Celery app the process-wide current one; give it back.
+    celery = flask_app.extensions["celery"]
+    celery.set_current()
+    celery.set_default()
+
+
+@pytest.fixture
+def build_app(app):
+    """Build an app on another database; the session app's Celery is restored after."""
+    from service import create_app
+
+    built = []
+
+    def factory(overrides: dict):
+        other = create_app({"TESTING": True, **overrides})
+        built.append(other)
+        return other
+
+    yield factory
+    for other in built:
+        with other.app_context():
+            db.engine.dispose()
+    _use_celery_of(app)
+
+
+@pytest.fixture
+def empty_postgres_url(service_env):
+    """A new, empty PostgreSQL database on the test server, dropped afterwards."""
+    admin = service_env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://", 1)
+    name = f"racine_migrations_{uuid.uuid4().hex[:10]}"
+    parts = urlsplit(admin)
+    admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", "", ""))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield urlunsplit(("postgresql+psycopg", parts.netloc, f"/{name}", "", ""))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _tables() -> set[str]:
+    return set(inspect(db.engine).get_table_names())
+
+
+def _schema_drift() -> list:
+    with db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(context, db.metadata)
+
+
+def _upgrade_compare_downgrade(flask_app) -> None:
+    from flask_migrate import downgrade, upgrade
+
+    expected = set(db.metadata.tables)
+    assert {"webhook_events", "webhook_failures", "orders", "payments", "refunds"} <= expected
+    with flask_app.app_context():
+        assert _tables() == set()
+
+        upgrade()
+        assert _tables() == expected | {"alembic_version"}
+        assert _schema_drift() == []
+
+        downgrade(revision="base")
+        assert _tables() <= {"alembic_version"}
+
+        # Down and up again: the downgrade left nothing behind that blocks a new upgrade.
+        upgrade()
+        assert _tables() == expected | {"alembic_version"}
+        db.session.remove()
+
+
+def test_migrations_upgrade_from_empty_without_drift_and_downgrade_on_sqlite(build_app, tmp_path):
+    sqlite_app = build_app({
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        # The environment's engine options are PostgreSQL's (connect_timeout, pool size);
+        # they follow DATABASE_URL, not this override.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"timeout": 30}},
+    })
+    assert sqlite_app.extensions["sqlalchemy"] is db
+    with sqlite_app.app_context():
+        assert db.engine.dialect.name == "sqlite"
+
+    _upgrade_compare_downgrade(sqlite_app)
+
+
+def test_migrations_upgrade_from_empty_without_drift_and_downgrade_on_postgresql(
+    build_app, empty_postgres_url
+):
+    pg_app = build_app({"SQLALCHEMY_DATABASE_URI": empty_postgres_url})
+    with pg_app.app_context():
+        assert db.engine.dialect.name == "postgresql"
+        assert db.engine.url.database == empty_postgres_url.rsplit("/", 1)[1]
+
+    _upgrade_compare_downgrade(pg_app)
+
+
+def test_session_database_was_built_by_the_migrations_and_matches_the_models(app):
+    with app.app_context():
+        assert db.engine.url.database == os.environ["DATABASE_URL"].rsplit("/", 1)[1]
+        assert _schema_drift() == []
+        db.session.remove()
