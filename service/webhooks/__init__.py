@@ -8,7 +8,7 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
-    from service.webhooks.dedup import DedupCache
+    from service.webhooks.dedup import DedupCache, RedisTransmissionLog
     from service.webhooks.paypal import PayPalVerifier
     from service.webhooks.verifiers import StripeVerifier
     from service.webhooks.views import bp
@@ -25,6 +25,7 @@ def init_app(app: Flask) -> None:
             cert_path=cfg["PAYPAL_CERT_PATH"],
             fetch_timeout=cfg["PAYPAL_CERT_TIMEOUT_SECONDS"],
             tolerance=cfg["PAYPAL_TOLERANCE_SECONDS"],
+            transmissions=RedisTransmissionLog(client=app.extensions["redis"]),
         ),
     }
     app.extensions["webhook_dedup"] = DedupCache(

@@ -61,3 +61,26 @@ class DedupCache:
             self._client.delete(self._key(provider, event_id))
         except redis.RedisError:
             pass
+
+
+class RedisTransmissionLog:
+    """PayPal transmission id -> body digest, kept long enough to outlive redeliveries.
+
+    A Redis outage lets deliveries through unchecked: the signature was still verified.
+    """
+
+    def __init__(self, *, client: redis.Redis, ttl_seconds: int = 7 * 24 * 3600,
+                 prefix: str = "racine:paypal:transmission"):
+        self._client = client
+        self._ttl = ttl_seconds
+        self._prefix = prefix
+
+    def first_body(self, transmission_id: str, digest: str) -> bool:
+        key = f"{self._prefix}:{transmission_id}"
+        try:
+            if self._client.set(key, digest, nx=True, ex=self._ttl):
+                return True
+            previous = self._client.get(key)
+        except redis.RedisError:
+            return True
+        return previous is None or previous.decode() == digest

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import re
 import threading
 import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -31,6 +33,11 @@ from service.webhooks.verifiers import VerifiedEvent, decode_body, parse_event
 log = logging.getLogger(__name__)
 
 Fetcher = Callable[[str, float], bytes]
+
+
+class TransmissionLog(Protocol):
+    def first_body(self, transmission_id: str, digest: str) -> bool:
+        """Remember the body digest of a transmission; False if it came with another one."""
 
 SUPPORTED_AUTH_ALGO = "SHA256withRSA"
 MAX_CERT_BYTES = 64 * 1024
@@ -64,6 +71,7 @@ class PayPalVerifier:
         fetch_timeout: float = 5.0,
         tolerance: int = 0,
         fetcher: Fetcher | None = None,
+        transmissions: TransmissionLog | None = None,
     ):
         if not webhook_id:
             raise ValueError("PAYPAL_WEBHOOK_ID is empty")
@@ -77,6 +85,7 @@ class PayPalVerifier:
         self._fetch_timeout = fetch_timeout
         self._tolerance = tolerance
         self._fetcher = fetcher or download_certificate
+        self._transmissions = transmissions
         self._pinned = _load_pinned(cert_path) if cert_path is not None else None
         self._cache: dict[str, x509.Certificate] = {}
         self._lock = threading.Lock()
@@ -109,6 +118,12 @@ class PayPalVerifier:
             )
         except InvalidSignature:
             raise SignatureError("signature does not match") from None
+        # The signature covers only a CRC32 of the body, and CRC32 collisions are easy to
+        # make: a captured transmission must not carry a different body the second time.
+        if self._transmissions is not None and not self._transmissions.first_body(
+            transmission_id, hashlib.sha256(body).hexdigest()
+        ):
+            raise SignatureError("transmission replayed with a different body")
         return parse_event(self.provider, decode_body(body), type_field="event_type")
 
     def _check_freshness(self, transmission_time: str) -> None:

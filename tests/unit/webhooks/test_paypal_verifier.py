@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -479,3 +480,62 @@ def test_default_fetcher_refuses_oversized_responses(monkeypatch):
 
     with pytest.raises(ValueError, match="too large"):
         download_certificate(CERT_URL, 2.0)
+
+
+
+class _MemoryTransmissions:
+    def __init__(self):
+        self.seen = {}
+
+    def first_body(self, transmission_id, digest):
+        return self.seen.setdefault(transmission_id, digest) == digest
+
+
+def _crc_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+def _forge_crc_suffix(data: bytes, target: int) -> bytes:
+    """Four bytes that, appended to `data`, make its CRC32 equal `target`."""
+    table = _crc_table()
+    by_top = {entry >> 24: index for index, entry in enumerate(table)}
+    indices, register = [], target ^ 0xFFFFFFFF
+    for _ in range(4):
+        index = by_top[register >> 24]
+        indices.append(index)
+        register = ((register ^ table[index]) << 8) & 0xFFFFFFFF
+    register = zlib.crc32(data) ^ 0xFFFFFFFF
+    suffix = bytearray()
+    for index in reversed(indices):
+        byte = (register ^ index) & 0xFF
+        suffix.append(byte)
+        register = (register >> 8) ^ table[index]
+    return bytes(suffix)
+
+
+def test_crc_twin_body_passes_the_bare_signature_but_not_the_transmission_log():
+    key, pem = make_certificate()
+    body = json.dumps({"id": "WH-1", "event_type": "PAYMENT.CAPTURE.COMPLETED"}).encode()
+    forged_prefix = json.dumps({"id": "WH-FORGED", "event_type": "PAYMENT.CAPTURE.COMPLETED",
+                                "pad": ""}).encode()
+    forged = forged_prefix + _forge_crc_suffix(forged_prefix, zlib.crc32(body) & 0xFFFFFFFF)
+    assert forged != body and zlib.crc32(forged) == zlib.crc32(body)
+    headers = sign_delivery(key, body=body, webhook_id=WEBHOOK_ID, cert_url=CERT_URL)
+
+    bare = PayPalVerifier(webhook_id=WEBHOOK_ID, allowed_hosts=[".paypal.com"],
+                          fetcher=lambda url, timeout: pem)
+    with pytest.raises(MalformedEvent):  # the signature itself accepted the forged body
+        bare.verify(forged, headers)
+
+    guarded = PayPalVerifier(webhook_id=WEBHOOK_ID, allowed_hosts=[".paypal.com"],
+                             fetcher=lambda url, timeout: pem, transmissions=_MemoryTransmissions())
+    assert guarded.verify(body, headers).event_id == "WH-1"
+    assert guarded.verify(body, headers).event_id == "WH-1"  # an honest redelivery
+    with pytest.raises(SignatureError, match="replayed with a different body"):
+        guarded.verify(forged, headers)
