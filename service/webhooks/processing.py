@@ -122,22 +122,37 @@ def classify(exc: BaseException) -> BaseException:
     return exc  # KeyboardInterrupt, SystemExit, time limits: not ours to classify
 
 
-def defer(event_pk: int, *, error: str) -> None:
-    """Give a transiently failed event back to the queue state while it waits to retry."""
-    _write_outcome(
+def defer(claimed: Claim, *, error: str, countdown: float, lease_seconds: int) -> bool:
+    """Give a transiently failed event back to the queue state while it waits to retry.
+
+    The retry message lives in the worker that holds it until its countdown ends; a
+    lease covering countdown and run time lets the relay take the event over if that
+    worker dies meanwhile. False when this worker's lease was already taken away.
+    """
+    now = utcnow()
+    return bool(_write_outcome(
         update(WebhookEvent)
-        .where(WebhookEvent.id == event_pk, WebhookEvent.status == EventStatus.PROCESSING)
-        .values(status=EventStatus.QUEUED, queued_at=utcnow(), lease_token=None,
-                lease_expires_at=None, last_error=error[:MAX_ERROR_LENGTH])
-    )
+        .where(WebhookEvent.id == claimed.event_pk, WebhookEvent.lease_token == claimed.token)
+        .values(status=EventStatus.QUEUED, queued_at=now, lease_token=None,
+                lease_expires_at=now + timedelta(seconds=countdown + lease_seconds),
+                last_error=error[:MAX_ERROR_LENGTH])
+    ))
 
 
-def record_failure(event_pk: int, *, error: str) -> None:
-    """Mark the event failed and open (or re-open) its one row in webhook_failures."""
+def record_failure(claimed: Claim, *, error: str) -> bool:
+    """Mark the event failed and open (or re-open) its one row in webhook_failures.
+
+    Only while this worker still holds the lease: a worker whose lease expired must not
+    overwrite the outcome of the one that took over. False when the lease was lost.
+    """
     error = error[:MAX_ERROR_LENGTH]
-    event = db.session.get(WebhookEvent, event_pk)
-    if event is None or event.status in EventStatus.DONE:
-        return
+    event_pk = claimed.event_pk
+    event = db.session.scalar(
+        select(WebhookEvent).where(WebhookEvent.id == event_pk).with_for_update()
+    )
+    if event is None or event.lease_token != claimed.token:
+        db.session.rollback()
+        return False
     event.status = EventStatus.FAILED
     event.lease_token = None
     event.lease_expires_at = None
@@ -158,12 +173,14 @@ def record_failure(event_pk: int, *, error: str) -> None:
         raise
     log.error("event failed", extra={"event_pk": event_pk, "provider": event.provider,
                                      "event_type": event.event_type, "error": error[:200]})
+    return True
 
 
-def _write_outcome(statement) -> None:
+def _write_outcome(statement) -> int:
     try:
-        db.session.execute(statement)
+        rowcount = db.session.execute(statement).rowcount
         db.session.commit()
+        return rowcount
     except SQLAlchemyError:
         db.session.rollback()
         raise

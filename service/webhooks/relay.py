@@ -1,10 +1,11 @@
 """The relay: hands the broker every stored event it does not have.
 
-Three kinds of rows are outstanding without a message on the way: `received` rows whose
+Four kinds of rows are outstanding without a message on the way: `received` rows whose
 publish failed (broker down at intake), `queued` rows whose message was lost (a broker
-restart that kept nothing), and `processing` rows whose lease expired (a worker killed
+restart that kept nothing), `processing` rows whose lease expired (a worker killed
 mid-task, whose unacknowledged message Redis would only return after its visibility
-timeout). Oldest first; it stops at the first refused publish.
+timeout), and `queued` rows waiting for a retry whose lease expired (the worker holding
+the delayed retry message died). Oldest first; it stops at the first refused publish.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def outstanding_filter(now):
         and_(WebhookEvent.status == EventStatus.RECEIVED,
              WebhookEvent.received_at <= received_before),
         and_(WebhookEvent.status == EventStatus.QUEUED, WebhookEvent.queued_at <= queued_before),
-        and_(WebhookEvent.status == EventStatus.PROCESSING,
+        # Processing, or waiting for a retry whose message was held by a worker that died.
+        and_(WebhookEvent.status.in_((EventStatus.PROCESSING, EventStatus.QUEUED)),
              WebhookEvent.lease_expires_at < now),
     )
 

@@ -55,18 +55,19 @@ def _attempt(task, event_pk: int) -> str:
     try:
         outcome = processing.apply(claimed)
     except PermanentError as exc:
-        processing.record_failure(event_pk, error=str(exc))
-        return "failed"
+        return "failed" if processing.record_failure(claimed, error=str(exc)) else "lost_lease"
     except TransientError as exc:
         retries = task.request.retries
         if retries >= task.max_retries:
-            processing.record_failure(
-                event_pk, error=f"retries exhausted after {retries + 1} attempts: {exc}"
+            recorded = processing.record_failure(
+                claimed, error=f"retries exhausted after {retries + 1} attempts: {exc}"
             )
-            return "failed"
+            return "failed" if recorded else "lost_lease"
         countdown = backoff_delay(retries, factor=task.retry_backoff,
                                   maximum=task.retry_backoff_max, jitter=task.retry_jitter)
-        processing.defer(event_pk, error=str(exc))
+        if not processing.defer(claimed, error=str(exc), countdown=countdown,
+                                lease_seconds=lease):
+            return "lost_lease"
         log.warning("event will be retried", extra={
             "event_pk": event_pk, "retries": retries + 1, "countdown": countdown,
             "error": str(exc)[:200]})
