@@ -41,12 +41,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     celery_init_app(app)
     _install_request_id(app)
 
-    from service import health, metrics, orders, webhooks
+    from service import admin, alerts, health, metrics, orders, queues, webhooks
 
     health.init_app(app)
     metrics.init_app(app)
+    alerts.init_app(app)
+    queues.init_app(app)
     orders.init_app(app)
     webhooks.init_app(app)
+    admin.init_app(app)
     return app
 
 

@@ -32,18 +32,26 @@ def celery_init_app(app: Flask) -> Celery:
         task_default_queue="default",
         task_routes={
             "webhooks.process_event": {"queue": "webhooks"},
-            "webhooks.relay_pending": {"queue": "default"},
+            "webhooks.*": {"queue": "default"},
+            "orders.*": {"queue": "orders"},
+            "erp.*": {"queue": "erp"},
+            "queues.*": {"queue": "default"},
         },
-        task_annotations={
-            "webhooks.process_event": {
+        task_soft_time_limit=cfg["DEFAULT_SOFT_TIME_LIMIT"],
+        task_time_limit=cfg["DEFAULT_TIME_LIMIT"],
+        task_annotations=[
+            {name: {"soft_time_limit": cfg["ORDERS_SOFT_TIME_LIMIT"],
+                    "time_limit": cfg["ORDERS_TIME_LIMIT"]}
+             for name in ("orders.fulfil", "orders.send_confirmation")},
+            {"webhooks.process_event": {
                 "max_retries": cfg["WEBHOOK_MAX_RETRIES"],
                 "retry_backoff": cfg["WEBHOOK_RETRY_BACKOFF"],
                 "retry_backoff_max": cfg["WEBHOOK_RETRY_BACKOFF_MAX"],
                 "retry_jitter": cfg["WEBHOOK_RETRY_JITTER"],
                 "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
                 "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
-            },
-        },
+            }},
+        ],
         task_serializer="json",
         accept_content=["json"],
         worker_prefetch_multiplier=cfg.get("CELERY_PREFETCH_MULTIPLIER", 4),
@@ -62,6 +70,11 @@ def celery_init_app(app: Flask) -> Celery:
         beat_schedule={
             "webhooks-relay": {
                 "task": "webhooks.relay_pending",
+                "schedule": cfg["RELAY_INTERVAL_SECONDS"],
+                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
+            },
+            "outbox-relay": {
+                "task": "queues.relay_outbox",
                 "schedule": cfg["RELAY_INTERVAL_SECONDS"],
                 "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
             },

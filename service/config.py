@@ -51,6 +51,19 @@ def _env_list(name: str, default: str) -> list[str]:
     return [part.strip() for part in _env_str(name, default).split(",") if part.strip()]
 
 
+def _env_mapping(name: str) -> dict[str, float]:
+    mapping = {}
+    for part in _env_list(name, ""):
+        key, sep, value = part.partition("=")
+        try:
+            mapping[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"{name} entries look like task.name=seconds, got {part!r}")
+    return mapping
+
+
 def normalise_database_url(url: str) -> str:
     """Point plain `postgres://` and `postgresql://` URLs at the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):
@@ -92,6 +105,10 @@ def load_settings(instance_path: str) -> dict:
         "WEBHOOK_RETRY_BACKOFF": _env_float("WEBHOOK_RETRY_BACKOFF", 2.0),
         "WEBHOOK_RETRY_BACKOFF_MAX": _env_int("WEBHOOK_RETRY_BACKOFF_MAX", 600),
         "WEBHOOK_RETRY_JITTER": _env_bool("WEBHOOK_RETRY_JITTER", True),
+        "ORDERS_SOFT_TIME_LIMIT": _env_int("ORDERS_SOFT_TIME_LIMIT", 60),
+        "ORDERS_TIME_LIMIT": _env_int("ORDERS_TIME_LIMIT", 90),
+        "DEFAULT_SOFT_TIME_LIMIT": _env_int("DEFAULT_SOFT_TIME_LIMIT", 240),
+        "DEFAULT_TIME_LIMIT": _env_int("DEFAULT_TIME_LIMIT", 300),
         "WEBHOOK_SOFT_TIME_LIMIT": _env_int("WEBHOOK_SOFT_TIME_LIMIT", 60),
         "WEBHOOK_TIME_LIMIT": _env_int("WEBHOOK_TIME_LIMIT", 90),
         # A lease outlives the hard time limit, so a live worker never loses its event.
@@ -104,12 +121,17 @@ def load_settings(instance_path: str) -> dict:
         "BROKER_PUBLISH_TIMEOUT_SECONDS": _env_float("BROKER_PUBLISH_TIMEOUT_SECONDS", 1.0),
         # Thresholds used by later domains; read here so one place lists them all.
         "SLOW_JOB_SECONDS": _env_float("SLOW_JOB_SECONDS", 30.0),
+        # Per-task thresholds: "orders.fulfil=10,webhooks.process_event=5".
+        "SLOW_JOB_OVERRIDES": _env_mapping("SLOW_JOB_OVERRIDES"),
+        "ORDER_NOTIFY_URL": os.environ.get("ORDER_NOTIFY_URL") or None,
         "QUEUE_DEPTH_ALERT": _env_int("QUEUE_DEPTH_ALERT", 1000),
         "QUEUE_DEPTH_MAX": _env_int("QUEUE_DEPTH_MAX", 2000),
+        "QUEUE_PUBLISH_HEADROOM": _env_int("QUEUE_PUBLISH_HEADROOM", 50),
         "ORDERS_RATE_LIMIT": _env_str("ORDERS_RATE_LIMIT", "100/minute"),
         "ALERT_SLACK_URL": os.environ.get("ALERT_SLACK_URL") or None,
         "ALERT_EMAIL_URL": os.environ.get("ALERT_EMAIL_URL") or None,
         "ALERT_SMS_URL": os.environ.get("ALERT_SMS_URL") or None,
+        "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),
         "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or None,
     }
 

@@ -49,6 +49,11 @@ def render(client: redis.Redis) -> str:
     for name, samples in by_name.items():
         lines.append(f"# TYPE {name} counter")
         lines.extend(samples)
+    for collect in current_app.extensions.get("metrics_collectors", []):
+        try:
+            lines.extend(collect())
+        except redis.RedisError:
+            continue
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,10 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    from service.orders import models  # noqa: F401  (registers the tables)
+    from service.orders import models, tasks  # noqa: F401  (tables and tasks)
     from service.orders.cli import demo_cli
+    from service.orders.notify import HttpNotifier, LogNotifier
 
+    url = app.config["ORDER_NOTIFY_URL"]
+    app.extensions["order_notifier"] = HttpNotifier(url=url) if url else LogNotifier()
     app.cli.add_command(demo_cli)

@@ -137,3 +137,27 @@ class OrderStatusChange(db.Model):
     reason: Mapped[str | None] = mapped_column(String(255))
     source: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Fulfilment(db.Model):
+    """The order handed to fulfilment: once per order."""
+
+    __tablename__ = "fulfilments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notification(db.Model):
+    """An outbound message about an order: once per (order, kind)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("order_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

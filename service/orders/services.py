@@ -19,6 +19,8 @@ from service.orders import states
 from service.orders.exceptions import InvalidAmount, OrderNotFound
 from service.orders.models import (
     Customer,
+    Fulfilment,
+    Notification,
     Order,
     OrderItem,
     OrderStatusChange,
@@ -27,6 +29,7 @@ from service.orders.models import (
     Product,
     Refund,
 )
+from service.queues import outbox
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,13 @@ def record_payment(
     elif payment.status == "failed":
         payment.status = "succeeded"
         payment.amount_cents = amount_cents
+    before = order.status
     refused = _move(order, states.PAID, source=source, reason="payment succeeded")
-    if order.status == states.PAID and order.paid_at is None:
-        order.paid_at = utcnow()
+    if order.status == states.PAID and before != states.PAID:
+        order.paid_at = order.paid_at or utcnow()
+        # Follow-up work is committed with the payment and published after the commit.
+        outbox.add_job("orders.fulfil", [order.id], queue="orders")
+        outbox.add_job("orders.send_confirmation", [order.id], queue="orders")
     return Outcome(order.id, created, order.status, refused)
 
 
@@ -121,6 +128,35 @@ def record_dispute(
     before = order.status
     refused = _move(order, states.DISPUTED, source=source, reason="dispute opened")
     return Outcome(order.id, before != order.status, order.status, refused)
+
+
+def request_fulfilment(order_id: int) -> bool:
+    """Hand a paid order to fulfilment, once; False when already requested or not paid."""
+    order = _lock_order(order_id)
+    if order.status not in (states.PAID, states.PARTIALLY_REFUNDED):
+        return False
+    if db.session.scalar(select(Fulfilment.id).where(Fulfilment.order_id == order_id)):
+        return False
+    db.session.add(Fulfilment(order_id=order_id, status="requested"))
+    return True
+
+
+def send_order_notification(order_id: int, *, kind: str, notifier) -> bool:
+    """Send one notification of `kind` per order; False when it was already sent.
+
+    The row is written before sending and committed after: a failed send rolls it back
+    and the job retries; a crash after sending may send it twice, never zero times.
+    """
+    order = _lock_order(order_id)
+    if db.session.scalar(select(Notification.id).where(Notification.order_id == order_id,
+                                                       Notification.kind == kind)):
+        return False
+    db.session.add(Notification(order_id=order_id, kind=kind, channel=notifier.channel))
+    db.session.flush()
+    notifier.send(order_id=order_id, kind=kind,
+                  payload={"status": order.status, "total_cents": order.total_cents,
+                           "currency": order.currency})
+    return True
 
 
 def order_id_for_payment(provider: str, provider_payment_id: str) -> int | None:

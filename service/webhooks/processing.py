@@ -20,9 +20,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
+from service.alerts.services import raise_signal
 from service.db_types import utcnow
 from service.extensions import db
 from service.orders.exceptions import OrdersError
+from service.queues import outbox
 from service.webhooks import handlers
 from service.webhooks.exceptions import PermanentError, ProcessingError, TransientError
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
@@ -89,6 +91,7 @@ def apply(claimed: Claim) -> str:
         ).rowcount
         if not finished:
             db.session.rollback()
+            outbox.discard_added()
             return "lost_lease"
         if claimed.attempts > 1:
             db.session.execute(
@@ -100,7 +103,9 @@ def apply(claimed: Claim) -> str:
         db.session.commit()
     except BaseException as exc:
         db.session.rollback()
+        outbox.discard_added()
         raise classify(exc) from exc
+    outbox.publish_added()
     return status
 
 
@@ -166,6 +171,8 @@ def record_failure(claimed: Claim, *, error: str) -> bool:
     else:
         failure.error_message = error
         failure.resolved_at = None
+    raise_signal(severity="P1", kind="webhook_failure", source=f"{event.provider}:{event.event_type}",
+                 details={"event_pk": event_pk, "error": error[:200]})
     try:
         db.session.commit()
     except SQLAlchemyError:

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-
-from flask import current_app
 from sqlalchemy import update
 
 from service.extensions import db
+from service.queues.publishing import publish
 from service.webhooks.models import EventStatus, WebhookEvent
 
-log = logging.getLogger(__name__)
 
-
-def publish_event(event_pk: int) -> bool:
-    """Send `webhooks.process_event` for a stored event; False when the broker refused.
+def publish_event(event_pk: int, *, check_room: bool = True) -> bool:
+    """Send `webhooks.process_event` for a stored event; False when it was not sent.
 
     Never raises: the event is already durable, and the relay enqueues whatever this
-    could not.
+    could not (broker down, or the queue at its depth bound).
     """
-    celery = current_app.extensions["celery"]
-    try:
-        celery.send_task("webhooks.process_event", args=[event_pk], queue="webhooks", retry=False)
-    except Exception as exc:  # any broker failure leaves the event to the relay
-        log.warning("broker unavailable, event left for the relay",
-                    extra={"event_pk": event_pk, "error": type(exc).__name__})
-        return False
-    return True
+    return publish("webhooks.process_event", [event_pk], queue="webhooks", check_room=check_room)
 
 
 def mark_unpublished(event_pk: int) -> None:

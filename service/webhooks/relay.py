@@ -19,6 +19,7 @@ from sqlalchemy import and_, or_, select, update
 
 from service.db_types import utcnow
 from service.extensions import db
+from service.queues.publishing import room
 from service.webhooks.models import EventStatus, WebhookEvent
 from service.webhooks.queueing import mark_unpublished, publish_event
 
@@ -50,8 +51,14 @@ def outstanding_filter(now):
 
 
 def relay_pending(*, limit: int | None = None) -> RelayReport:
+    """Publish outstanding events, oldest first, as far as the queue has room."""
     now = utcnow()
-    limit = limit or current_app.config["RELAY_BATCH_SIZE"]
+    available = room("webhooks")
+    if available is None:
+        return RelayReport(broker_down=True)
+    limit = min(limit or current_app.config["RELAY_BATCH_SIZE"], available)
+    if limit <= 0:
+        return RelayReport()
     rows = db.session.execute(
         select(WebhookEvent.id, WebhookEvent.status)
         .where(outstanding_filter(now))
@@ -63,7 +70,7 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
     for event_pk, status in rows:
         if not _requeue(event_pk, status, now):
             continue
-        if not publish_event(event_pk):
+        if not publish_event(event_pk, check_room=False):
             report.broker_down = True
             mark_unpublished(event_pk)
             break

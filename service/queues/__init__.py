@@ -1,0 +1,16 @@
+"""Queue protection: routing, the outbox, rate limits, slow jobs, depth bound and health."""
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    from service.queues import models, signals, tasks  # noqa: F401  (tables and tasks)
+    from service.queues.cli import cli
+    from service.queues.gauges import queue_gauges
+    from service.queues.ratelimit import RateLimiter
+
+    app.extensions["rate_limiter"] = RateLimiter(client=app.extensions["redis"],
+                                                 redis_url=app.config["REDIS_URL"])
+    signals.connect(app)
+    app.cli.add_command(cli)
+    app.extensions.setdefault("metrics_collectors", []).append(queue_gauges)

@@ -1,0 +1,60 @@
+"""Reading queue depth and age straight from the Redis broker.
+
+Kombu's Redis transport keeps a queue as a list, plus one list per priority step
+(`name\\x06\\x16<step>`); a queue's depth is the sum of them. Messages are pushed on the
+left and taken from the right, so the oldest waiting message is at index -1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)  # step 0 is the plain list
+ENQUEUED_AT_HEADER = "racine_enqueued_at"
+
+
+def queue_keys(name: str) -> list[str]:
+    return [name, *(f"{name}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]
+
+
+def depths(client: redis.Redis, names: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Depth of each queue, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        for key in queue_keys(name):
+            pipe.llen(key)
+    counts = pipe.execute()
+    per_queue = len(PRIORITY_STEPS) + 1
+    return {name: sum(counts[i * per_queue:(i + 1) * per_queue]) for i, name in enumerate(names)}
+
+
+def depth(client: redis.Redis, name: str) -> int:
+    return depths(client, [name])[name]
+
+
+def oldest_wait_seconds(client: redis.Redis, name: str, *, now: float | None = None) -> float | None:
+    """Seconds the oldest waiting message has been queued; None when the queue is empty."""
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    for key in queue_keys(name):
+        pipe.lindex(key, -1)
+    oldest = None
+    for raw in pipe.execute():
+        if raw is None:
+            continue
+        stamped = _enqueued_at(raw)
+        if stamped is not None and (oldest is None or stamped < oldest):
+            oldest = stamped
+    return None if oldest is None else max(0.0, now - oldest)
+
+
+def _enqueued_at(raw: bytes) -> float | None:
+    try:
+        headers = json.loads(raw).get("headers") or {}
+        return float(headers[ENQUEUED_AT_HEADER])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

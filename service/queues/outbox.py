@@ -1,0 +1,100 @@
+"""The transactional outbox: jobs become real with the commit that caused them.
+
+A domain service adds a job to the current transaction with `add_job`; after the commit
+the caller publishes the session's new jobs with `publish_added` (bounded by queue
+depth). Whatever is not published then (broker down, queue full, process died) is
+published by the relay, oldest first, as room appears.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from service.db_types import utcnow
+from service.extensions import db
+from service.queues.models import OutboxJob
+from service.queues.publishing import publish, room
+
+log = logging.getLogger(__name__)
+
+_SESSION_KEY = "racine_outbox_new"
+PUBLISHED_RETENTION = timedelta(days=1)
+
+
+def add_job(task_name: str, args: list, *, queue: str) -> OutboxJob:
+    """Add a job to the current transaction; publish it after the commit."""
+    job = OutboxJob(task_name=task_name, queue=queue, args=json.dumps(args), status="pending")
+    db.session.add(job)
+    db.session.info.setdefault(_SESSION_KEY, []).append(job)
+    return job
+
+
+def discard_added() -> None:
+    """Forget jobs of a transaction that was rolled back."""
+    db.session.info.pop(_SESSION_KEY, None)
+
+
+def publish_added() -> int:
+    """Publish the jobs added in the transaction just committed; returns how many went."""
+    jobs = db.session.info.pop(_SESSION_KEY, [])
+    ids = [job.id for job in jobs if job.id is not None]
+    return _publish_ids(ids) if ids else 0
+
+
+@dataclass
+class OutboxReport:
+    published: int = 0
+    waiting: int = 0
+    purged: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def relay_outbox(*, batch: int = 500) -> OutboxReport:
+    """Publish pending jobs oldest first, per queue as far as it has room."""
+    now = utcnow()
+    report = OutboxReport()
+    queues = db.session.scalars(
+        select(OutboxJob.queue).where(OutboxJob.status == "pending",
+                                      OutboxJob.available_at <= now).distinct()
+    ).all()
+    for queue in queues:
+        available = room(queue)
+        if not available:
+            continue
+        ids = db.session.scalars(
+            select(OutboxJob.id)
+            .where(OutboxJob.status == "pending", OutboxJob.queue == queue,
+                   OutboxJob.available_at <= now)
+            .order_by(OutboxJob.id).limit(min(batch, available))
+        ).all()
+        report.published += _publish_ids(list(ids), check_room=False)
+    report.purged = db.session.execute(
+        delete(OutboxJob).where(OutboxJob.status == "published",
+                                OutboxJob.published_at < now - PUBLISHED_RETENTION)
+    ).rowcount or 0
+    report.waiting = len(db.session.scalars(
+        select(OutboxJob.id).where(OutboxJob.status == "pending").limit(10000)).all())
+    db.session.commit()
+    return report
+
+
+def _publish_ids(ids: list[int], *, check_room: bool = True) -> int:
+    """Publish jobs by id; mark each published only after the broker took it."""
+    published = 0
+    for job in db.session.scalars(select(OutboxJob).where(OutboxJob.id.in_(ids),
+                                                          OutboxJob.status == "pending")):
+        if not publish(job.task_name, json.loads(job.args), queue=job.queue,
+                       check_room=check_room):
+            break
+        db.session.execute(update(OutboxJob).where(OutboxJob.id == job.id)
+                           .values(status="published", published_at=utcnow()))
+        published += 1
+    db.session.commit()
+    return published

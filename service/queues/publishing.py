@@ -1,0 +1,54 @@
+"""The one way jobs reach a queue: never past the depth bound, never raising.
+
+A queue at its bound gets nothing more: the caller keeps the work durable in the
+database (webhook events stay `received`, other jobs stay in the outbox) and the relay
+publishes it once the queue drains. Publishers check depth and then push, so several
+publishing at once could overshoot the bound by as many as are publishing; the gate
+therefore stops `QUEUE_PUBLISH_HEADROOM` short of `QUEUE_DEPTH_MAX`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import current_app
+
+from service.queues.depth import depth
+
+log = logging.getLogger(__name__)
+
+
+def gate(queue: str) -> int:
+    """The depth from which nothing more is published to `queue`."""
+    cfg = current_app.config
+    return max(1, cfg["QUEUE_DEPTH_MAX"] - cfg["QUEUE_PUBLISH_HEADROOM"])
+
+
+def room(queue: str) -> int | None:
+    """How many jobs may be published to `queue` now; None when the broker is unreachable."""
+    try:
+        return max(0, gate(queue) - depth(current_app.extensions["redis"], queue))
+    except redis.RedisError:
+        return None
+
+
+def publish(task_name: str, args: list, *, queue: str, check_room: bool = True) -> bool:
+    """Send a job; False when the queue is full or the broker refused (the caller keeps it)."""
+    if check_room:
+        available = room(queue)
+        if available is None:
+            log.warning("broker unavailable, job kept for the relay",
+                        extra={"queue": queue, "task": task_name})
+            return False
+        if available <= 0:
+            log.info("queue at its depth bound, job kept for the relay",
+                     extra={"queue": queue, "task": task_name})
+            return False
+    try:
+        current_app.extensions["celery"].send_task(task_name, args=args, queue=queue, retry=False)
+    except Exception as exc:  # any broker failure: the caller keeps the job
+        log.warning("broker unavailable, job kept for the relay",
+                    extra={"queue": queue, "task": task_name, "error": type(exc).__name__})
+        return False
+    return True

@@ -1,0 +1,11 @@
+"""Beat tasks of the queues domain."""
+
+from celery import shared_task
+
+from service.queues import outbox
+
+
+@shared_task(name="queues.relay_outbox", ignore_result=True)
+def relay_outbox() -> dict:
+    """Publish outbox jobs left pending (broker down, queue full), oldest first."""
+    return outbox.relay_outbox().as_dict()
