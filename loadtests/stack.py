@@ -62,13 +62,15 @@ class Stack:
     """Start with `with Stack(...) as stack:`; everything stops and is removed on exit."""
 
     def __init__(self, *, web_workers: int = 2, web_threads: int = 8, webhook_workers: int = 2,
-                 extra_env: dict | None = None, with_orders: bool = True, with_beat: bool = True):
+                 extra_env: dict | None = None, with_orders: bool = True, with_beat: bool = True,
+                 with_workers: bool = True):
         self.web_workers = web_workers
         self.web_threads = web_threads
         self.webhook_workers = webhook_workers
         self.extra_env = extra_env or {}
         self.with_orders = with_orders
         self.with_beat = with_beat
+        self.with_workers = with_workers
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="racine-stack-"))
         self.env: dict[str, str] = {}
@@ -131,15 +133,20 @@ class Stack:
         self.spawn("web", [str(BIN / "gunicorn"), "-w", str(self.web_workers), "--threads",
                            str(self.web_threads), "-b", f"127.0.0.1:{port}",
                            "service.wsgi:app"])
-        self.spawn("worker-webhooks", _worker("webhooks", self.webhook_workers, 4))
-        if self.with_orders:
-            self.spawn("worker-orders", _worker("orders", 1, 1))
-        self.spawn("worker-default", _worker("default,erp", 1, 1))
+        if self.with_workers:
+            self.start_webhook_worker()
+            if self.with_orders:
+                self.spawn("worker-orders", _worker("orders", 1, 1))
+            self.spawn("worker-default", _worker("default,erp", 1, 1))
         if self.with_beat:
             self.spawn("beat", [str(BIN / "celery"), "-A", "service.worker", "beat",
                                 "--loglevel", "WARNING", "--schedule",
                                 str(self.tmp / "beat-schedule")])
         self.wait_ready()
+
+    def start_webhook_worker(self, concurrency: int | None = None) -> subprocess.Popen:
+        return self.spawn("worker-webhooks",
+                          _worker("webhooks", concurrency or self.webhook_workers, 4))
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
@@ -160,7 +167,7 @@ class Stack:
             except requests.RequestException:
                 web_ok = False
             consumers = client.zcard("racine:queue:consumers:webhooks")
-            if web_ok and consumers:
+            if web_ok and (consumers or not self.with_workers):
                 say(f"ready at {self.url}")
                 return
             time.sleep(0.3)
@@ -175,6 +182,7 @@ class Stack:
             if proc_name == name and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=30)
+        self.processes = [(n, p) for n, p in self.processes if n != name or p.poll() is None]
 
     # -- tear-down ------------------------------------------------------------------
     def __exit__(self, *_exc) -> None:
