@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 from flask import current_app
+from redis import RedisError
 from requests import RequestException
 from sqlalchemy.exc import OperationalError
 
@@ -12,7 +13,8 @@ from service.orders import services
 from service.queues.limited import rate_limited
 
 _RETRY = {
-    "autoretry_for": (OperationalError, RequestException, ConnectionError, TimeoutError),
+    "autoretry_for": (OperationalError, RedisError, RequestException, ConnectionError,
+                      TimeoutError),
     "retry_backoff": 2,
     "retry_backoff_max": 300,
     "retry_jitter": True,

@@ -26,6 +26,7 @@ class OutboxJob(db.Model):
     queue: Mapped[str] = mapped_column(String(32))
     args: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of plain values
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | published
+    retries: Mapped[int] = mapped_column(default=0)  # kept across a rate-limit wait
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     available_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from service.db_types import utcnow
 from service.extensions import db
@@ -26,11 +26,19 @@ _SESSION_KEY = "racine_outbox_new"
 PUBLISHED_RETENTION = timedelta(days=1)
 
 
-def add_job(task_name: str, args: list, *, queue: str) -> OutboxJob:
-    """Add a job to the current transaction; publish it after the commit."""
-    job = OutboxJob(task_name=task_name, queue=queue, args=json.dumps(args), status="pending")
+def add_job(task_name: str, args: list, *, queue: str, available_at: datetime | None = None,
+            retries: int = 0, publish_now: bool = True) -> OutboxJob:
+    """Add a job to the current transaction.
+
+    With `publish_now`, the caller publishes it right after the commit (`publish_added`);
+    otherwise, and in any case if that fails, the relay publishes it once `available_at`
+    has come and its queue has room.
+    """
+    job = OutboxJob(task_name=task_name, queue=queue, args=json.dumps(args), status="pending",
+                    available_at=available_at or utcnow(), retries=retries)
     db.session.add(job)
-    db.session.info.setdefault(_SESSION_KEY, []).append(job)
+    if publish_now:
+        db.session.info.setdefault(_SESSION_KEY, []).append(job)
     return job
 
 
@@ -79,8 +87,8 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
         delete(OutboxJob).where(OutboxJob.status == "published",
                                 OutboxJob.published_at < now - PUBLISHED_RETENTION)
     ).rowcount or 0
-    report.waiting = len(db.session.scalars(
-        select(OutboxJob.id).where(OutboxJob.status == "pending").limit(10000)).all())
+    report.waiting = db.session.scalar(
+        select(func.count()).select_from(OutboxJob).where(OutboxJob.status == "pending"))
     db.session.commit()
     return report
 
@@ -88,10 +96,12 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
 def _publish_ids(ids: list[int], *, check_room: bool = True) -> int:
     """Publish jobs by id; mark each published only after the broker took it."""
     published = 0
-    for job in db.session.scalars(select(OutboxJob).where(OutboxJob.id.in_(ids),
-                                                          OutboxJob.status == "pending")):
+    jobs = db.session.scalars(select(OutboxJob).where(OutboxJob.id.in_(ids),
+                                                      OutboxJob.status == "pending")
+                              .order_by(OutboxJob.id)).all()
+    for job in jobs:
         if not publish(job.task_name, json.loads(job.args), queue=job.queue,
-                       check_room=check_room):
+                       check_room=check_room, retries=job.retries):
             break
         db.session.execute(update(OutboxJob).where(OutboxJob.id == job.id)
                            .values(status="published", published_at=utcnow()))

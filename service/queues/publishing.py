@@ -33,7 +33,8 @@ def room(queue: str) -> int | None:
         return None
 
 
-def publish(task_name: str, args: list, *, queue: str, check_room: bool = True) -> bool:
+def publish(task_name: str, args: list, *, queue: str, check_room: bool = True,
+            retries: int = 0) -> bool:
     """Send a job; False when the queue is full or the broker refused (the caller keeps it)."""
     if check_room:
         available = room(queue)
@@ -46,7 +47,8 @@ def publish(task_name: str, args: list, *, queue: str, check_room: bool = True) 
                      extra={"queue": queue, "task": task_name})
             return False
     try:
-        current_app.extensions["celery"].send_task(task_name, args=args, queue=queue, retry=False)
+        current_app.extensions["celery"].send_task(task_name, args=args, queue=queue, retry=False,
+                                                   retries=retries)
     except Exception as exc:  # any broker failure: the caller keeps the job
         log.warning("broker unavailable, job kept for the relay",
                     extra={"queue": queue, "task": task_name, "error": type(exc).__name__})
