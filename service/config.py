@@ -117,6 +117,9 @@ def load_settings(instance_path: str) -> dict:
         "RELAY_INTERVAL_SECONDS": _env_float("RELAY_INTERVAL_SECONDS", 10.0),
         "RELAY_MIN_AGE_SECONDS": _env_int("RELAY_MIN_AGE_SECONDS", 30),
         "RELAY_QUEUED_STALE_SECONDS": _env_int("RELAY_QUEUED_STALE_SECONDS", 3600),
+        # A stored event whose publish never happened (the process died right after the
+        # commit) is republished by the relay this long after it arrived.
+        "PUBLISH_GRACE_SECONDS": _env_int("PUBLISH_GRACE_SECONDS", 60),
         "RELAY_BATCH_SIZE": _env_int("RELAY_BATCH_SIZE", 500),
         "BROKER_PUBLISH_TIMEOUT_SECONDS": _env_float("BROKER_PUBLISH_TIMEOUT_SECONDS", 1.0),
         # Thresholds used by later domains; read here so one place lists them all.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import update
+from flask import current_app
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -14,7 +15,7 @@ from service.extensions import db
 from service.webhooks.dedup import DedupCache
 from service.webhooks.exceptions import StorageUnavailable
 from service.webhooks.models import EventStatus, WebhookEvent
-from service.webhooks.queueing import publish_event
+from service.webhooks.queueing import mark_unpublished, publish_event
 from service.webhooks.verifiers import VerifiedEvent
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,21 @@ def accept_event(
     if event_pk is None:
         return IntakeResult("duplicate", None)
     queued = publish_event(event_pk)
-    if queued:
-        _mark_queued(event_pk)
+    if not queued:
+        _mark_unpublished(event_pk)
     return IntakeResult("stored", event_pk, queued)
 
 
 def _insert(event: VerifiedEvent, request_id: str | None) -> int | None:
-    """INSERT ... ON CONFLICT DO NOTHING; the id of the new row, or None for a duplicate."""
+    """INSERT ... ON CONFLICT DO NOTHING; the id of the new row, or None for a duplicate.
+
+    The row is stored as `queued` with a short publish lease, so the common path costs
+    one statement and one commit: if the publish after the commit fails the row goes
+    back to `received`, and if the process dies in between, the relay publishes it
+    once the lease has expired.
+    """
     insert = _INSERTS[db.engine.dialect.name]
+    now = utcnow()
     statement = (
         insert(WebhookEvent)
         .values(
@@ -66,10 +74,12 @@ def _insert(event: VerifiedEvent, request_id: str | None) -> int | None:
             event_id=event.event_id,
             event_type=event.event_type,
             payload=event.body,
-            status=EventStatus.RECEIVED,
+            status=EventStatus.QUEUED,
             attempts=0,
             request_id=request_id,
-            received_at=utcnow(),
+            received_at=now,
+            queued_at=now,
+            lease_expires_at=now + timedelta(seconds=current_app.config["PUBLISH_GRACE_SECONDS"]),
         )
         .on_conflict_do_nothing(index_elements=["provider", "event_id"])
         .returning(WebhookEvent.id)
@@ -77,18 +87,9 @@ def _insert(event: VerifiedEvent, request_id: str | None) -> int | None:
     return db.session.execute(statement).scalar()
 
 
-def _mark_queued(event_pk: int) -> None:
-    """Record that the broker has the event, so the relay leaves it alone.
-
-    Best effort: if this fails the relay publishes the event again later, and the
-    worker's claim makes the second message a no-op.
-    """
+def _mark_unpublished(event_pk: int) -> None:
+    """Best effort: should this fail too, the publish lease still brings the relay."""
     try:
-        db.session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id == event_pk, WebhookEvent.status == EventStatus.RECEIVED)
-            .values(status=EventStatus.QUEUED, queued_at=utcnow())
-        )
-        db.session.commit()
+        mark_unpublished(event_pk)
     except SQLAlchemyError:
         db.session.rollback()

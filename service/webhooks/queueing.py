@@ -23,6 +23,6 @@ def mark_unpublished(event_pk: int) -> None:
     db.session.execute(
         update(WebhookEvent)
         .where(WebhookEvent.id == event_pk, WebhookEvent.status == EventStatus.QUEUED)
-        .values(status=EventStatus.RECEIVED)
+        .values(status=EventStatus.RECEIVED, queued_at=None, lease_expires_at=None)
     )
     db.session.commit()

@@ -561,6 +561,32 @@ def test_broker_down_still_stores_fast_and_the_relay_publishes_later(build_app, 
     assert len(webhook_messages(clean)) == 1
 
 
+def test_event_committed_but_never_published_is_relayed_once_its_publish_lease_expires(clean):
+    """A web process that dies between the commit and the publish leaves a `queued` row
+    with no message; its publish lease lets the relay find it. A row whose lease has
+    not expired yet (its message may well be on the way) is left alone."""
+    from datetime import timedelta
+
+    from service.db_types import utcnow
+    from service.webhooks.relay import relay_pending
+
+    now = utcnow()
+    with clean.app_context():
+        for event_id, lease in (("evt_orphan", now - timedelta(seconds=1)),
+                                ("evt_in_flight", now + timedelta(seconds=60))):
+            db.session.add(WebhookEvent(
+                provider="stripe", event_id=event_id, event_type="payment_intent.succeeded",
+                payload="{}", status="queued", attempts=0, received_at=now - timedelta(seconds=61),
+                queued_at=now - timedelta(seconds=61), lease_expires_at=lease))
+        db.session.commit()
+        report = relay_pending()
+        orphan = db.session.scalar(select(WebhookEvent).where(WebhookEvent.event_id == "evt_orphan"))
+        assert (report.found, report.enqueued) == (1, 1)
+        assert webhook_messages(clean) == [{"task": "webhooks.process_event", "args": [orphan.id]}]
+        assert orphan.lease_expires_at is None and orphan.status == "queued"
+        db.session.remove()
+
+
 # --- logs ------------------------------------------------------------------------------
 
 
