@@ -28,7 +28,7 @@ def gate(queue: str) -> int:
 
 # Per process: the last depth read per queue, when, and how many published since.
 _recent: dict[tuple[int, str], list] = {}
-_FRESH_SECONDS = 0.25
+_FRESH_SECONDS = 0.1
 
 
 def room(queue: str) -> int | None:
@@ -47,7 +47,7 @@ def _surely_has_room(queue: str) -> bool:
     """True when a depth read a moment ago was far below the gate.
 
     Saves the depth read on the hot path of a queue that is nowhere near its bound: in
-    the quarter second a reading is trusted, the queue cannot climb from half the gate
+    the tenth of a second a reading is trusted, the queue cannot climb from half the gate
     to the gate (that would take thousands of publishes a second), and what this
     process published since is counted on top.
     """
@@ -58,24 +58,33 @@ def _surely_has_room(queue: str) -> bool:
     return seen[1] + seen[2] < gate(queue) // 2
 
 
-def publish(task_name: str, args: list, *, queue: str, check_room: bool = True,
-            retries: int = 0) -> bool:
-    """Send a job; False when the queue is full or the broker refused (the caller keeps it)."""
+SENT, FULL, BROKER_DOWN = "sent", "full", "broker_down"
+
+
+def send(task_name: str, args: list, *, queue: str, check_room: bool = True,
+         retries: int = 0) -> str:
+    """Send a job: SENT, FULL (queue at its bound) or BROKER_DOWN. Never raises."""
     if check_room and not _surely_has_room(queue):
         available = room(queue)
         if available is None:
             log.warning("broker unavailable, job kept for the relay",
                         extra={"queue": queue, "task": task_name})
-            return False
+            return BROKER_DOWN
         if available <= 0:
             log.info("queue at its depth bound, job kept for the relay",
                      extra={"queue": queue, "task": task_name})
-            return False
+            return FULL
     try:
         current_app.extensions["celery"].send_task(task_name, args=args, queue=queue, retry=False,
                                                    retries=retries)
     except Exception as exc:  # any broker failure: the caller keeps the job
         log.warning("broker unavailable, job kept for the relay",
                     extra={"queue": queue, "task": task_name, "error": type(exc).__name__})
-        return False
-    return True
+        return BROKER_DOWN
+    return SENT
+
+
+def publish(task_name: str, args: list, *, queue: str, check_room: bool = True,
+            retries: int = 0) -> bool:
+    """Send a job; False when it was not sent (the caller keeps it for the relay)."""
+    return send(task_name, args, queue=queue, check_room=check_room, retries=retries) == SENT

@@ -5,8 +5,13 @@ from __future__ import annotations
 from sqlalchemy import update
 
 from service.extensions import db
-from service.queues.publishing import publish
+from service.queues.publishing import publish, send
 from service.webhooks.models import EventStatus, WebhookEvent
+
+
+def send_event(event_pk: int) -> str:
+    """Like `publish_event`, telling SENT, FULL and BROKER_DOWN apart (for the relay)."""
+    return send("webhooks.process_event", [event_pk], queue="webhooks")
 
 
 def publish_event(event_pk: int, *, check_room: bool = True) -> bool:

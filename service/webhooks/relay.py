@@ -19,9 +19,9 @@ from sqlalchemy import and_, or_, select, update
 
 from service.db_types import utcnow
 from service.extensions import db
-from service.queues.publishing import room
+from service.queues.publishing import BROKER_DOWN, SENT, room
 from service.webhooks.models import EventStatus, WebhookEvent
-from service.webhooks.queueing import mark_unpublished, publish_event
+from service.webhooks.queueing import mark_unpublished, send_event
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,10 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
     for event_pk, status in rows:
         if not _requeue(event_pk, status, now):
             continue
-        if not publish_event(event_pk, check_room=False):
-            report.broker_down = True
+        # Room is checked on every publish: intake publishes during the pass as well.
+        outcome = send_event(event_pk)
+        if outcome != SENT:
+            report.broker_down = outcome == BROKER_DOWN
             mark_unpublished(event_pk)
             break
         report.enqueued += 1
