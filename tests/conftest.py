@@ -154,3 +154,25 @@ def ctx(clean):
 @pytest.fixture
 def client(clean):
     return clean.test_client()
+
+
+@pytest.fixture
+def build_app(app):
+    """Build further apps with other settings; the session app's Celery is restored after."""
+    from service import create_app
+    from service.extensions import db
+    from tests.support.apps import use_celery_of
+
+    built = []
+
+    def factory(overrides: dict):
+        other = create_app({"TESTING": True, **overrides})
+        built.append(other)
+        return other
+
+    yield factory
+    for other in built:
+        with other.app_context():
+            db.session.remove()
+            db.engine.dispose()
+    use_celery_of(app)

@@ -28,6 +28,7 @@ from service.webhooks.intake import accept_event
 from service.webhooks.models import WebhookEvent
 from service.webhooks.relay import relay_pending
 from service.webhooks.verifiers import VerifiedEvent
+from tests.support.apps import use_celery_of
 from tests.support.processes import VENV_BIN, Process
 from tests.support.queue_handlers import HANDLED_KEY
 from tests.support.waiting import wait_until
@@ -37,13 +38,6 @@ HEADROOM = 20
 EVENTS = 10_000
 HANDLER_MODULES = "tests.support.test_handlers,tests.support.queue_handlers"
 TEST_BUDGET_SECONDS = 240
-
-
-def use_celery_of(flask_app) -> None:
-    """Make `flask_app`'s Celery app the process default again (create_app replaces it)."""
-    celery = flask_app.extensions["celery"]
-    celery.set_current()
-    celery.set_default()
 
 
 @pytest.fixture

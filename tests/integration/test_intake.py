@@ -25,6 +25,7 @@ from werkzeug.wrappers import Request
 
 from service.extensions import db
 from service.webhooks.models import WebhookEvent
+from tests.support.apps import use_celery_of
 from tests.support.events import (
     STRIPE_SECRET,
     paypal_event,
@@ -113,42 +114,11 @@ def post_streamed(app, path: str, body: bytes, headers: dict) -> TestResponse:
     return TestResponse(app_iter, status, response_headers, request=Request(environ))
 
 
-def use_celery_of(flask_app) -> None:
-    """Make `flask_app`'s Celery app the one `shared_task`s publish through.
-
-    The Celery app is process-global (each create_app sets its own as current and
-    default), so a second app built in a test would otherwise capture the publishes of
-    the session app.
-    """
-    celery = flask_app.extensions["celery"]
-    celery.set_current()
-    celery.set_default()
-
-
 @pytest.fixture(autouse=True)
 def _session_celery(app):
     use_celery_of(app)
     yield
     use_celery_of(app)
-
-
-@pytest.fixture
-def build_app(clean):
-    """Build further apps (a dead database, a dead broker) next to the session app."""
-    from service import create_app
-
-    built = []
-
-    def factory(overrides: dict):
-        other = create_app({"TESTING": True, **overrides})
-        built.append(other)
-        return other
-
-    yield factory
-    for other in built:
-        with other.app_context():
-            db.engine.dispose()
-    use_celery_of(clean)
 
 
 @contextmanager

@@ -20,32 +20,6 @@ from sqlalchemy import inspect
 from service.extensions import db
 
 
-def _use_celery_of(flask_app) -> None:
-    # Every create_app makes its Celery app the process-wide current one; give it back.
-    celery = flask_app.extensions["celery"]
-    celery.set_current()
-    celery.set_default()
-
-
-@pytest.fixture
-def build_app(app):
-    """Build an app on another database; the session app's Celery is restored after."""
-    from service import create_app
-
-    built = []
-
-    def factory(overrides: dict):
-        other = create_app({"TESTING": True, **overrides})
-        built.append(other)
-        return other
-
-    yield factory
-    for other in built:
-        with other.app_context():
-            db.engine.dispose()
-    _use_celery_of(app)
-
-
 @pytest.fixture
 def empty_postgres_url(service_env):
     """A new, empty PostgreSQL database on the test server, dropped afterwards."""

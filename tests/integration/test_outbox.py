@@ -19,6 +19,7 @@ from sqlalchemy import text
 from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER, depth
 from service.queues.outbox import add_job, publish_added, relay_outbox
+from tests.support.apps import use_celery_of
 from tests.support.events import make_order, payment_intent, stripe_event, stripe_headers
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until
@@ -42,33 +43,6 @@ def orders_worker(clean, tmp_path):
     proc = start_worker(tmp_path, queues="orders", concurrency=1, beat=False, name="orders")
     yield proc
     proc.stop()
-
-
-def use_celery_of(flask_app) -> None:
-    """Make `flask_app`'s Celery app the process default again (each create_app takes it)."""
-    celery = flask_app.extensions["celery"]
-    celery.set_current()
-    celery.set_default()
-
-
-@pytest.fixture
-def build_app(clean):
-    """Further apps with other settings, next to the session app; switched back after."""
-    from service import create_app
-
-    built = []
-
-    def factory(overrides: dict):
-        other = create_app({"TESTING": True, **overrides})
-        built.append(other)
-        return other
-
-    yield factory
-    for other in built:
-        with other.app_context():
-            db.session.remove()
-            db.engine.dispose()
-    use_celery_of(clean)
 
 
 # ---- helpers ------------------------------------------------------------------------
