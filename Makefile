@@ -74,3 +74,6 @@ DURATION ?= 60
 
 loadtest: venv
 	$(VENV_PY) scripts/testenv.py -- $(VENV_PY) -m loadtests.run --scenario $(SCENARIO) --rate $(RATE) --duration $(DURATION)
+
+bench: venv
+	$(VENV_PY) scripts/testenv.py -- $(VENV_PY) -m loadtests.bench
