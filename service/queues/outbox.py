@@ -48,10 +48,13 @@ def discard_added() -> None:
 
 
 def publish_added() -> int:
-    """Publish the jobs added in the transaction just committed; returns how many went."""
-    jobs = db.session.info.pop(_SESSION_KEY, [])
-    ids = [job.id for job in jobs if job.id is not None]
-    return _publish_ids(ids) if ids else 0
+    """Publish the jobs added in the transaction just committed; returns how many went.
+
+    The jobs are still in memory, so nothing is read back: each is sent, and those sent
+    are marked published in one statement.
+    """
+    jobs = [job for job in db.session.info.pop(_SESSION_KEY, []) if job.id is not None]
+    return _send_all([(job.id, job.task_name, job.args, job.queue, job.retries) for job in jobs])
 
 
 @dataclass
@@ -94,18 +97,26 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
 
 
 def _publish_ids(ids: list[int]) -> int:
-    """Publish jobs by id; mark each published only after the broker took it."""
-    published = 0
-    jobs = db.session.scalars(select(OutboxJob).where(OutboxJob.id.in_(ids),
-                                                      OutboxJob.status == "pending")
-                              .order_by(OutboxJob.id)).all()
-    for job in jobs:
+    """Publish jobs by id, oldest first; marked published only after the broker took them."""
+    rows = db.session.execute(
+        select(OutboxJob.id, OutboxJob.task_name, OutboxJob.args, OutboxJob.queue,
+               OutboxJob.retries)
+        .where(OutboxJob.id.in_(ids), OutboxJob.status == "pending").order_by(OutboxJob.id)
+    ).all()
+    db.session.rollback()
+    return _send_all([tuple(row) for row in rows])
+
+
+def _send_all(jobs: list[tuple]) -> int:
+    """Send (id, task, args JSON, queue, retries) in order until one is refused."""
+    sent = []
+    for job_id, task_name, args, queue, retries in jobs:
         # Room is checked on every publish: other publishers share the queue.
-        if not publish(job.task_name, json.loads(job.args), queue=job.queue,
-                       retries=job.retries):
+        if not publish(task_name, json.loads(args), queue=queue, retries=retries):
             break
-        db.session.execute(update(OutboxJob).where(OutboxJob.id == job.id)
+        sent.append(job_id)
+    if sent:
+        db.session.execute(update(OutboxJob).where(OutboxJob.id.in_(sent))
                            .values(status="published", published_at=utcnow()))
-        published += 1
-    db.session.commit()
-    return published
+        db.session.commit()
+    return len(sent)

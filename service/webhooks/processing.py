@@ -36,9 +36,15 @@ MAX_ERROR_LENGTH = 2000
 
 @dataclass(frozen=True)
 class Claim:
+    """A leased event, with what its handler needs (read by the claim itself)."""
+
     event_pk: int
     token: str
     attempts: int
+    provider: str = ""
+    event_id: str = ""
+    event_type: str = ""
+    payload: str = "{}"
 
 
 def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:
@@ -61,11 +67,15 @@ def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=WebhookEvent.attempts + 1,
         )
-        .returning(WebhookEvent.attempts)
+        .returning(WebhookEvent.attempts, WebhookEvent.provider, WebhookEvent.event_id,
+                   WebhookEvent.event_type, WebhookEvent.payload)
     )
-    attempts = result.scalar()
+    row = result.first()
     db.session.commit()
-    return None if attempts is None else Claim(event_pk, token, attempts)
+    if row is None:
+        return None
+    return Claim(event_pk, token, row.attempts, row.provider, row.event_id, row.event_type,
+                 row.payload)
 
 
 def apply(claimed: Claim) -> str:
@@ -74,14 +84,13 @@ def apply(claimed: Claim) -> str:
     Returns "processed", "ignored" or "lost_lease"; raises TransientError or
     PermanentError, with the transaction rolled back, for the caller to decide.
     """
-    event = db.session.get(WebhookEvent, claimed.event_pk)
-    handler = handlers.lookup(event.provider, event.event_type)
-    source = f"{event.provider}:{event.event_id}"
+    handler = handlers.lookup(claimed.provider, claimed.event_type)
+    source = f"{claimed.provider}:{claimed.event_id}"
     try:
         if handler is None:
             status = EventStatus.IGNORED
         else:
-            handler(json.loads(event.payload), source)
+            handler(json.loads(claimed.payload), source)
             status = EventStatus.PROCESSED
         finished = db.session.execute(
             update(WebhookEvent)
