@@ -17,7 +17,7 @@ from flask import Flask
 from service.db_types import utcnow
 from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
-from service.queues.slowjobs import record_if_slow
+from service.queues.slowjobs import record_if_slow, threshold_for
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def connect(app: Flask) -> None:
         runtime = time.monotonic() - began[0]
         queue = _queue_of(task)
         _count(client, DONE_KEY, queue)
+        if runtime <= threshold_for(task, app.config):
+            return
         try:
             with app.app_context():
                 record_if_slow(task=task, task_id=task_id, queue=queue,

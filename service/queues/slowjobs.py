@@ -15,13 +15,13 @@ from service.queues.models import SlowJob
 log = logging.getLogger(__name__)
 
 
-def threshold_for(task) -> float:
+def threshold_for(task, config=None) -> float:
     """`slow_after` on the task wins, then SLOW_JOB_OVERRIDES, then SLOW_JOB_SECONDS."""
     explicit = getattr(task, "slow_after", None)
     if explicit:
         return float(explicit)
-    overrides = current_app.config["SLOW_JOB_OVERRIDES"]
-    return float(overrides.get(task.name, current_app.config["SLOW_JOB_SECONDS"]))
+    config = config or current_app.config
+    return float(config["SLOW_JOB_OVERRIDES"].get(task.name, config["SLOW_JOB_SECONDS"]))
 
 
 def summarise_args(args, kwargs) -> str:

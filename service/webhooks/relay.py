@@ -14,11 +14,13 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
+import redis
 from flask import current_app
 from sqlalchemy import and_, or_, select, update
 
 from service.db_types import utcnow
 from service.extensions import db
+from service.queues.depth import oldest_wait_seconds
 from service.queues.publishing import BROKER_DOWN, SENT, room
 from service.webhooks.models import EventStatus, WebhookEvent
 from service.webhooks.queueing import mark_unpublished, send_event
@@ -36,18 +38,33 @@ class RelayReport:
         return asdict(self)
 
 
-def outstanding_filter(now):
+def outstanding_filter(now, horizon):
+    """Rows that have no message on the way. `horizon`: see `queue_horizon`."""
     cfg = current_app.config
     received_before = now - timedelta(seconds=cfg["RELAY_MIN_AGE_SECONDS"])
     queued_before = now - timedelta(seconds=cfg["RELAY_QUEUED_STALE_SECONDS"])
     return or_(
         and_(WebhookEvent.status == EventStatus.RECEIVED,
              WebhookEvent.received_at <= received_before),
-        and_(WebhookEvent.status == EventStatus.QUEUED, WebhookEvent.queued_at <= queued_before),
-        # Processing, or waiting for a retry whose message was held by a worker that died.
-        and_(WebhookEvent.status.in_((EventStatus.PROCESSING, EventStatus.QUEUED)),
-             WebhookEvent.lease_expires_at < now),
+        and_(WebhookEvent.status == EventStatus.QUEUED, WebhookEvent.queued_at <= queued_before,
+             WebhookEvent.queued_at < horizon),
+        # Waiting for a retry whose message was held by a worker that died, or stored by
+        # a process that died before it published: queued with an expired lease.
+        and_(WebhookEvent.status == EventStatus.QUEUED, WebhookEvent.lease_expires_at < now,
+             WebhookEvent.queued_at < horizon),
+        and_(WebhookEvent.status == EventStatus.PROCESSING, WebhookEvent.lease_expires_at < now),
     )
+
+
+def queue_horizon(now):
+    """Rows queued after the oldest message still waiting may still have theirs in the queue.
+
+    The queue is first in, first out: a row queued before its oldest waiting message was
+    taken off it already (or never put on). So an expired lease alone never republishes
+    an event that is merely waiting behind a deep queue.
+    """
+    wait = oldest_wait_seconds(current_app.extensions["redis"], "webhooks")
+    return now if wait is None else now - timedelta(seconds=wait)
 
 
 def relay_pending(*, limit: int | None = None) -> RelayReport:
@@ -56,19 +73,23 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
     available = room("webhooks")
     if available is None:
         return RelayReport(broker_down=True)
+    try:
+        horizon = queue_horizon(now)
+    except redis.RedisError:
+        return RelayReport(broker_down=True)
     limit = min(limit or current_app.config["RELAY_BATCH_SIZE"], available)
     if limit <= 0:
         return RelayReport()
     rows = db.session.execute(
         select(WebhookEvent.id, WebhookEvent.status)
-        .where(outstanding_filter(now))
+        .where(outstanding_filter(now, horizon))
         .order_by(WebhookEvent.received_at, WebhookEvent.id)
         .limit(limit)
     ).all()
     db.session.rollback()
     report = RelayReport(found=len(rows))
     for event_pk, status in rows:
-        if not _requeue(event_pk, status, now):
+        if not _requeue(event_pk, status, now, horizon):
             continue
         # Room is checked on every publish: intake publishes during the pass as well.
         outcome = send_event(event_pk)
@@ -83,7 +104,7 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
     return report
 
 
-def _requeue(event_pk: int, status: str, now) -> bool:
+def _requeue(event_pk: int, status: str, now, horizon) -> bool:
     """Mark the row queued before publishing, guarded on the state it was found in.
 
     Taking an expired lease away here means a worker that somehow still runs cannot
@@ -92,7 +113,7 @@ def _requeue(event_pk: int, status: str, now) -> bool:
     changed = db.session.execute(
         update(WebhookEvent)
         .where(WebhookEvent.id == event_pk, WebhookEvent.status == status,
-               outstanding_filter(now))
+               outstanding_filter(now, horizon))
         .values(status=EventStatus.QUEUED, queued_at=now, lease_token=None,
                 lease_expires_at=None)
     ).rowcount

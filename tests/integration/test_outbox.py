@@ -29,11 +29,12 @@ DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 # ---- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worker(app, tmp_path_factory):
-    """Processes payment events; nothing consumes `orders` unless a test starts it."""
+@pytest.fixture
+def worker(clean, tmp_path_factory):
+    """Processes payment events and runs the relays (beat); nothing consumes `orders`
+    unless a test starts it. Per test: its relay must not run during the others."""
     proc = start_worker(tmp_path_factory.mktemp("webhooks-worker"), queues="webhooks,default",
-                        concurrency=2, beat=False, name="webhooks")
+                        concurrency=2, beat=True, name="webhooks")
     yield proc
     proc.stop()
 
