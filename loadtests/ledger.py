@@ -19,7 +19,6 @@ class Ledger:
         self.sent: list[tuple[str, str, str, bytes]] = []  # provider, event id, ref, body
         self.accepted_keys: set[tuple[str, str]] = set()
         self.refs: dict[tuple[str, str], str] = {}  # (provider, event id) -> payment ref
-        self.unanswered_keys: set[tuple[str, str]] = set()
         self.forged_refs: list[tuple[str, str]] = []
         self.answers: Counter = Counter()
         self.depth_samples: list[int] = []
@@ -33,11 +32,6 @@ class Ledger:
         with self._lock:
             self.sent.append((provider, event_id, ref, body))
             self.accepted_keys.add((provider, event_id))
-            self.refs[(provider, event_id)] = ref
-
-    def unanswered(self, provider: str, event_id: str, ref: str, body: bytes) -> None:
-        with self._lock:
-            self.unanswered_keys.add((provider, event_id))
             self.refs[(provider, event_id)] = ref
 
     def forged(self, event_id: str, ref: str) -> None:

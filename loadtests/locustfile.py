@@ -144,8 +144,6 @@ class _Provider(HttpUser):
             else:
                 response.failure(f"answered {response.status_code} {response.text[:80]}")
                 LEDGER.answer("unexpected")
-                if record is not None:
-                    LEDGER.unanswered(*record)
 
 
 @tag("steady")

@@ -7,11 +7,13 @@ import json
 import time
 import uuid
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import stripe
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
 
 def stripe_payment(order_id: int, amount: int, *, secret: str,
@@ -48,9 +50,16 @@ def paypal_capture(order_id: int, amount: int, *, private_key, webhook_id: str,
                                           cert_url=cert_url), capture_id
 
 
-def paypal_headers(body: bytes, *, private_key, webhook_id: str, cert_url: str) -> dict:
-    transmission_id = str(uuid.uuid4())
-    transmission_time = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def paypal_headers(body: bytes, *, private_key, webhook_id: str, cert_url: str,
+                   transmission_id: str | None = None,
+                   transmission_time: str | None = None) -> dict:
+    """The headers PayPal sends with `body`, signed with `private_key`.
+
+    The signed string is built here, not with the service's verifier, so each checks the
+    other.
+    """
+    transmission_id = transmission_id or str(uuid.uuid4())
+    transmission_time = transmission_time or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     crc = zlib.crc32(body) & 0xFFFFFFFF
     message = f"{transmission_id}|{transmission_time}|{webhook_id}|{crc}".encode()
     signature = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
@@ -69,21 +78,26 @@ def load_private_key(path: str):
         return serialization.load_pem_private_key(handle.read(), password=None)
 
 
-def make_key_and_certificate(directory) -> tuple[str, str]:
-    """Write a throwaway RSA key and self-signed certificate; return their paths."""
-    from datetime import timedelta
+def make_certificate(*, days_valid: int = 30, not_before_offset_days: int = -1):
+    """A new RSA key and a self-signed PEM certificate for it: (key, pem bytes).
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
+    The certificate becomes valid `not_before_offset_days` from now and stays valid for
+    `days_valid` days after that: `not_before_offset_days=-10, days_valid=5` gives a
+    certificate that expired five days ago, `not_before_offset_days=1` one not yet valid.
+    """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "racine-loadtest")])
-    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "messageverificationcerts.test")])
+    not_before = datetime.now(UTC) + timedelta(days=not_before_offset_days)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=7))
+            .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=days_valid))
             .sign(key, hashes.SHA256()))
+    return key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_key_and_certificate(directory) -> tuple[str, str]:
+    """Write a throwaway RSA key and self-signed certificate; return their paths."""
+    key, pem = make_certificate(days_valid=8)
     key_path = f"{directory}/paypal-load-key.pem"
     cert_path = f"{directory}/paypal-load-cert.pem"
     with open(key_path, "wb") as handle:
@@ -91,5 +105,5 @@ def make_key_and_certificate(directory) -> tuple[str, str]:
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     with open(cert_path, "wb") as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+        handle.write(pem)
     return key_path, cert_path

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-import redis as redis_lib
 from sqlalchemy import text
+
+from loadtests.stack import claim_redis_db
 
 BASE_DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 BASE_REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -68,10 +69,7 @@ def service_env(tmp_path_factory, paypal_signing):
     admin = _plain(BASE_DATABASE_URL)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(BASE_REDIS_URL)
-    redis_db, release_redis_db = _claim_redis_db(parts)
-    redis_url = urlunsplit((parts.scheme, parts.netloc, f"/{redis_db}", "", ""))
-    redis_lib.Redis.from_url(redis_url).flushdb()
+    redis_url, release_redis_db = claim_redis_db(BASE_REDIS_URL)
     env = {
         **TEST_SETTINGS,
         "DATABASE_URL": _with_database(admin, name),
@@ -90,26 +88,6 @@ def service_env(tmp_path_factory, paypal_signing):
     release_redis_db()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _claim_redis_db(parts):
-    """Take a Redis database number no other test session on this server is using.
-
-    Tests flush their database and run workers that consume its queues, so two sessions
-    sharing one would steal each other's messages. The claims live in database 0.
-    """
-    registry = redis_lib.Redis.from_url(urlunsplit((parts.scheme, parts.netloc, "/0", "", "")))
-    wanted = os.environ.get("TEST_REDIS_DB")
-    candidates = [int(wanted)] if wanted else range(15, 0, -1)
-    token = uuid.uuid4().hex
-    for number in candidates:
-        key = f"racine:test:redis-db-claim:{number}"
-        if registry.set(key, token, nx=True, ex=3 * 3600):
-            def release(key=key):
-                if registry.get(key) == token.encode():
-                    registry.delete(key)
-            return number, release
-    raise RuntimeError("no free Redis database for this test session")
 
 
 @pytest.fixture(scope="session")

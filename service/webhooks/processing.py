@@ -41,10 +41,10 @@ class Claim:
     event_pk: int
     token: str
     attempts: int
-    provider: str = ""
-    event_id: str = ""
-    event_type: str = ""
-    payload: str = "{}"
+    provider: str
+    event_id: str
+    event_type: str
+    payload: str
 
 
 def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:

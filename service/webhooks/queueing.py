@@ -14,13 +14,13 @@ def send_event(event_pk: int) -> str:
     return send("webhooks.process_event", [event_pk], queue="webhooks")
 
 
-def publish_event(event_pk: int, *, check_room: bool = True) -> bool:
+def publish_event(event_pk: int) -> bool:
     """Send `webhooks.process_event` for a stored event; False when it was not sent.
 
     Never raises: the event is already durable, and the relay enqueues whatever this
     could not (broker down, or the queue at its depth bound).
     """
-    return publish("webhooks.process_event", [event_pk], queue="webhooks", check_room=check_room)
+    return publish("webhooks.process_event", [event_pk], queue="webhooks")
 
 
 def mark_unpublished(event_pk: int) -> None:

@@ -18,6 +18,7 @@ import requests
 from sqlalchemy import text
 
 from service.extensions import db
+from tests.support.db import scalar
 from tests.support.events import make_orders, payment_intent, stripe_event, stripe_headers
 from tests.support.processes import start_gunicorn, start_worker
 from tests.support.waiting import wait_until
@@ -25,11 +26,6 @@ from tests.support.waiting import wait_until
 EVENTS = 200
 COPIES = 5
 SENDERS = 64
-
-
-def scalar(sql: str, **params):
-    with db.engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar()
 
 
 def statuses() -> dict[str, int]:

@@ -15,6 +15,7 @@ import requests
 from sqlalchemy import text
 
 from service.extensions import db
+from tests.support.db import scalar
 from tests.support.events import make_order, payment_intent, stripe_event, stripe_headers
 from tests.support.processes import start_gunicorn, start_worker
 from tests.support.redis_server import RedisServer
@@ -29,11 +30,6 @@ def holds_for(predicate, seconds: float, *, interval: float = 0.1) -> bool:
             return False
         time.sleep(interval)
     return bool(predicate())
-
-
-def scalar(sql: str, **params):
-    with db.engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar()
 
 
 def event(event_id: str) -> dict:

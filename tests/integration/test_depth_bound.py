@@ -29,6 +29,7 @@ from service.webhooks.models import WebhookEvent
 from service.webhooks.relay import relay_pending
 from service.webhooks.verifiers import VerifiedEvent
 from tests.support.apps import use_celery_of
+from tests.support.db import scalar
 from tests.support.processes import VENV_BIN, Process
 from tests.support.queue_handlers import HANDLED_KEY
 from tests.support.waiting import wait_until
@@ -104,11 +105,6 @@ def counted_event(index: int) -> VerifiedEvent:
     body = json.dumps({"id": event_id, "object": "event", "type": "test.counted",
                        "data": {"object": {"n": index}}})
     return VerifiedEvent("stripe", event_id, "test.counted", body, json.loads(body))
-
-
-def scalar(sql: str):
-    with db.engine.connect() as conn:
-        return conn.execute(text(sql)).scalar()
 
 
 def statuses() -> dict[str, int]:

@@ -14,12 +14,12 @@ import json
 import time
 
 import pytest
-from sqlalchemy import text
 
 from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER, depth
 from service.queues.outbox import add_job, publish_added, relay_outbox
 from tests.support.apps import use_celery_of
+from tests.support.db import rows, scalar
 from tests.support.events import make_order, payment_intent, stripe_event, stripe_headers
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until
@@ -47,16 +47,6 @@ def orders_worker(clean, tmp_path):
 
 
 # ---- helpers ------------------------------------------------------------------------
-
-
-def rows(sql: str, **params) -> list[dict]:
-    with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(text(sql), params).mappings()]
-
-
-def scalar(sql: str, **params):
-    with db.engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar()
 
 
 def outbox_rows() -> list[dict]:

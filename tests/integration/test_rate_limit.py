@@ -18,16 +18,12 @@ from sqlalchemy import text
 
 from service.extensions import db
 from service.queues.ratelimit import RateLimiter
+from tests.support.db import scalar
 from tests.support.events import make_order
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until
 
 # ---- helpers ------------------------------------------------------------------------
-
-
-def scalar(sql: str, **params):
-    with db.engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar()
 
 
 def fulfilment_times() -> list[float]:

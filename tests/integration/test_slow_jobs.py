@@ -12,10 +12,9 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
 
 from service.db_types import utcnow
-from service.extensions import db
+from tests.support.db import rows
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until
 
@@ -31,11 +30,6 @@ def worker(clean, tmp_path):
                                  "tests.support.test_handlers,tests.support.queue_handlers"})
     yield proc
     proc.stop()
-
-
-def rows(sql: str, **params) -> list[dict]:
-    with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(text(sql), params).mappings()]
 
 
 def test_task_over_its_threshold_leaves_a_slow_job_record_and_a_p3_signal_and_fast_one_none(

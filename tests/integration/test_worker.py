@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from service.db_types import utcnow
 from service.extensions import db
+from tests.support.db import rows, scalar
 from tests.support.events import (
     charge_refunded,
     make_order,
@@ -59,15 +60,6 @@ def cli(clean):
 
 
 # ---- helpers ------------------------------------------------------------------------
-
-def rows(sql: str, **params) -> list[dict]:
-    with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(text(sql), params).mappings()]
-
-
-def scalar(sql: str, **params):
-    with db.engine.connect() as conn:
-        return conn.execute(text(sql), params).scalar()
 
 
 def event(event_id: str) -> dict | None:
