@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     parser.add_argument("--web-threads", type=int, default=8)
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument("--only", choices=("intake", "worker"),
+                        help="stop after the intake, or the intake and worker, measurements")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -214,6 +216,8 @@ def main(argv=None) -> int:
                             "ratio": round(real["requests_per_second"]
                                            / bare["requests_per_second"], 3)}
 
+        if args.only == "intake":
+            return _finish(report, args)
         # 2. Workers: drain what intake queued, then as many no-op tasks.
         client = redis.Redis.from_url(stack.env["REDIS_URL"])
         dsn = stack.env["DATABASE_URL"]
@@ -227,6 +231,8 @@ def main(argv=None) -> int:
                             "noop_per_second": round(noop_rate, 1),
                             "ratio": round(real_rate / noop_rate, 3)}
 
+    if args.only == "worker":
+        return _finish(report, args)
     # 3. End to end, 4. latency at 500/min, 5. a 10x burst: the whole stack, default bound.
     with Stack(web_workers=args.web_workers, web_threads=args.web_threads,
                webhook_workers=args.worker_concurrency) as stack:
@@ -266,7 +272,10 @@ def main(argv=None) -> int:
         burst["bound"] = int(stack.env.get("QUEUE_DEPTH_MAX", 2000))
         report["burst_10x"] = burst
         stop.set()
+    return _finish(report, args)
 
+
+def _finish(report: dict, args) -> int:
     report["targets"] = _judge(report)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = REPORTS / f"bench-{stamp}.json"
@@ -300,17 +309,21 @@ def _sample(client, samples: list[int], stop: threading.Event) -> None:
 
 
 def _judge(report: dict) -> list[dict]:
-    rows = [
-        ("intake throughput vs bare", report["intake"]["ratio"], TARGETS["intake_ratio"], ">="),
-        ("worker rate vs no-op", report["worker"]["ratio"], TARGETS["worker_ratio"], ">="),
-        ("end-to-end events/min", report["end_to_end"]["events_per_minute"],
-         TARGETS["e2e_events_per_minute"], ">="),
-        ("events lost end to end", report["end_to_end"]["lost"], 0, "<="),
-        ("intake p99 ms at 500/min", report["latency_500_per_min"]["p99_ms"],
-         TARGETS["latency_p99_ms_at_500_per_min"], "<="),
-        ("max depth in a 10x burst", report["burst_10x"]["max_depth"],
-         report["burst_10x"]["bound"], "<="),
-    ]
+    rows = [("intake throughput vs bare", report["intake"]["ratio"], TARGETS["intake_ratio"],
+             ">=")]
+    if "worker" in report:
+        rows.append(("worker rate vs no-op", report["worker"]["ratio"], TARGETS["worker_ratio"],
+                     ">="))
+    if "end_to_end" in report:
+        rows += [
+            ("end-to-end events/min", report["end_to_end"]["events_per_minute"],
+             TARGETS["e2e_events_per_minute"], ">="),
+            ("events lost end to end", report["end_to_end"]["lost"], 0, "<="),
+            ("intake p99 ms at 500/min", report["latency_500_per_min"]["p99_ms"],
+             TARGETS["latency_p99_ms_at_500_per_min"], "<="),
+            ("max depth in a 10x burst", report["burst_10x"]["max_depth"],
+             report["burst_10x"]["bound"], "<="),
+        ]
     return [{"name": name, "measured": value, "target": f"{op} {target}",
              "met": value >= target if op == ">=" else value <= target}
             for name, value, target, op in rows]
@@ -318,7 +331,7 @@ def _judge(report: dict) -> list[dict]:
 
 def _print(report: dict, path: Path) -> None:
     out = sys.stderr
-    intake, worker = report["intake"], report["worker"]
+    intake = report["intake"]
     print("\n=== benchmark ===", file=out)
     print(f"generator {report['generator']}, gunicorn {report['gunicorn']}, "
           f"{report['machine']['cpus']} cpus", file=out)
@@ -327,9 +340,21 @@ def _print(report: dict, path: Path) -> None:
           f"real {intake['real']['requests_per_second']:.0f} req/s "
           f"(p50 {intake['real']['p50_ms']} ms, p99 {intake['real']['p99_ms']} ms)   "
           f"ratio {intake['ratio']}", file=out)
-    print(f"worker   real {worker['real_per_second']} events/s   no-op "
-          f"{worker['noop_per_second']} tasks/s   ratio {worker['ratio']} "
-          f"({worker['jobs']} jobs)", file=out)
+    worker = report.get("worker")
+    if worker:
+        print(f"worker   real {worker['real_per_second']} events/s   no-op "
+              f"{worker['noop_per_second']} tasks/s   ratio {worker['ratio']} "
+              f"({worker['jobs']} jobs)", file=out)
+    e2e = report.get("end_to_end")
+    if e2e:
+        _print_stack_figures(report, out)
+    for row in report["targets"]:
+        print(f"  {'met ' if row['met'] else 'MISS'}  {row['name']}: {row['measured']} "
+              f"(target {row['target']})", file=out)
+    print(f"report: {path}", file=out)
+
+
+def _print_stack_figures(report: dict, out) -> None:
     e2e = report["end_to_end"]
     print(f"e2e      {e2e['events_per_minute']} events/min sustained; accepted {e2e['accepted']},"
           f" processed {e2e['processed']}, lost {e2e['lost']}, max depth {e2e['max_depth']}",
@@ -339,10 +364,6 @@ def _print(report: dict, path: Path) -> None:
     burst = report["burst_10x"]
     print(f"burst    10x ({burst['rate_per_minute']:.0f}/min): max depth {burst['max_depth']} "
           f"(bound {burst['bound']}), p99 {burst['p99_ms']} ms", file=out)
-    for row in report["targets"]:
-        print(f"  {'met ' if row['met'] else 'MISS'}  {row['name']}: {row['measured']} "
-              f"(target {row['target']})", file=out)
-    print(f"report: {path}", file=out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from flask import Flask, g, request
 
 from service.celery_app import celery_init_app
 from service.config import engine_options, load_settings, normalise_database_url
-from service.extensions import configure_sqlite, db, migrate
+from service.extensions import configure_sqlite, db, migrate, ping_when_idle
 from service.logs import configure_logging, request_id_var
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     with app.app_context():
         configure_sqlite(db.engine)
+        if db.engine.dialect.name != "sqlite":
+            ping_when_idle(db.engine, app.config["DB_PING_IDLE_SECONDS"])
     app.extensions["redis"] = redis.Redis.from_url(
         app.config["REDIS_URL"], socket_timeout=1.0, socket_connect_timeout=1.0,
         health_check_interval=30,

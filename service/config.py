@@ -120,6 +120,7 @@ def load_settings(instance_path: str) -> dict:
         # A stored event whose publish never happened (the process died right after the
         # commit) is republished by the relay this long after it arrived.
         "PUBLISH_GRACE_SECONDS": _env_int("PUBLISH_GRACE_SECONDS", 60),
+        "DB_PING_IDLE_SECONDS": _env_float("DB_PING_IDLE_SECONDS", 2.0),
         "RELAY_BATCH_SIZE": _env_int("RELAY_BATCH_SIZE", 500),
         "BROKER_PUBLISH_TIMEOUT_SECONDS": _env_float("BROKER_PUBLISH_TIMEOUT_SECONDS", 1.0),
         # Thresholds used by later domains; read here so one place lists them all.
@@ -145,7 +146,6 @@ def engine_options(database_url: str) -> dict:
         # SQLite serialises writers; a long busy timeout turns lock contention into waiting.
         return {"connect_args": {"timeout": 30}}
     return {
-        "pool_pre_ping": True,
         "pool_size": _env_int("DB_POOL_SIZE", 5),
         "max_overflow": _env_int("DB_MAX_OVERFLOW", 10),
         "pool_timeout": _env_float("DB_POOL_TIMEOUT", 10.0),

@@ -1,8 +1,10 @@
 """Shared extension instances, bound to the app in `create_app`."""
 
+import time
+
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, exc
 from sqlalchemy.engine import Engine
 
 # Named constraints keep Alembic migrations identical on SQLite and PostgreSQL.
@@ -40,3 +42,30 @@ def configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before use only when it has been idle a while.
+
+    Pre-pinging every checkout costs a round trip per transaction. A connection used a
+    moment ago is almost surely alive, and should it not be, the error invalidates the
+    whole pool, so only the statement that met it fails (a webhook then answers 503 and
+    is delivered again, a task retries). One idle longer than `idle_seconds` may have
+    outlived a database restart and is pinged; a dead one is replaced before use.
+    """
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        if record is not None:
+            record.info["racine_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection, record, _proxy):
+        idle_since = record.info.get("racine_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+            dbapi_connection.rollback()
+        except Exception as error:
+            raise exc.DisconnectionError(f"stale pooled connection: {type(error).__name__}") \
+                from error

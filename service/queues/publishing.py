@@ -2,22 +2,57 @@
 
 A queue at its bound gets nothing more: the caller keeps the work durable in the
 database (webhook events stay `received`, other jobs stay in the outbox) and the relay
-publishes it once the queue drains. Publishers check depth and then push, so several
-publishing at once could overshoot the bound by as many as are publishing; the gate
-therefore stops `QUEUE_PUBLISH_HEADROOM` short of `QUEUE_DEPTH_MAX`.
+publishes it once the queue drains.
+
+A job is pushed by one Lua script that reads the queue's depth and pushes only below
+the gate, so the bound holds exactly however many publish at once, and a publish costs
+one round trip. The script can set one more key in the same trip (intake marks the
+event's de-duplication key `stored` this way). The message is a Celery protocol-2
+task message in the envelope Kombu's Redis transport reads (see `message`); workers
+consume it like any other. The gate stops `QUEUE_PUBLISH_HEADROOM` short of
+`QUEUE_DEPTH_MAX`, which leaves room for Celery's own retry messages.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
+import socket
 import time
+import uuid
 
 import redis
 from flask import current_app
 
-from service.queues.depth import depth
+from service.queues.depth import ENQUEUED_AT_HEADER, depth, queue_keys
 
 log = logging.getLogger(__name__)
+
+SENT, FULL, BROKER_DOWN = "sent", "full", "broker_down"
+
+# KEYS: the queue's lists (the first is where a priority-0 message goes), then
+# optionally a key to set. ARGV: gate, message, then that key's value and ttl.
+_PUSH_BELOW_GATE = """
+local lists = #KEYS
+if ARGV[3] then
+  redis.call('SET', KEYS[lists], ARGV[3], 'EX', ARGV[4])
+  lists = lists - 1
+end
+local depth = 0
+for i = 1, lists do
+  depth = depth + redis.call('LLEN', KEYS[i])
+end
+if depth >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('LPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+_scripts: dict[int, object] = {}
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def gate(queue: str) -> int:
@@ -26,65 +61,83 @@ def gate(queue: str) -> int:
     return max(1, cfg["QUEUE_DEPTH_MAX"] - cfg["QUEUE_PUBLISH_HEADROOM"])
 
 
-# Per process: the last depth read per queue, when, and how many published since.
-_recent: dict[tuple[int, str], list] = {}
-_FRESH_SECONDS = 0.1
-
-
 def room(queue: str) -> int | None:
     """How many jobs may be published to `queue` now; None when the broker is unreachable."""
-    client = current_app.extensions["redis"]
     try:
-        current = depth(client, queue)
+        current = depth(current_app.extensions["redis"], queue)
     except redis.RedisError:
-        _recent.pop((id(client), queue), None)
         return None
-    _recent[(id(client), queue)] = [time.monotonic(), current, 0]
     return max(0, gate(queue) - current)
 
 
-def _surely_has_room(queue: str) -> bool:
-    """True when a depth read a moment ago was far below the gate.
+def message(task_name: str, args: list, *, queue: str, retries: int = 0) -> str:
+    """A Celery protocol-2 message for `task_name(*args)`, as Kombu's Redis transport stores it.
 
-    Saves the depth read on the hot path of a queue that is nowhere near its bound: in
-    the tenth of a second a reading is trusted, the queue cannot climb from half the gate
-    to the gate (that would take thousands of publishes a second), and what this
-    process published since is counted on top.
+    The body is JSON `[args, kwargs, embed]`, base64-encoded; the headers are those
+    Celery's `send_task` writes, plus the enqueue stamp queue health reads.
     """
-    seen = _recent.get((id(current_app.extensions["redis"]), queue))
-    if seen is None or time.monotonic() - seen[0] > _FRESH_SECONDS:
-        return False
-    seen[2] += 1
-    return seen[1] + seen[2] < gate(queue) // 2
+    task_id = str(uuid.uuid4())
+    body = json.dumps([args, {}, _EMBED]).encode()
+    return json.dumps({
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": task_name, "id": task_id, "shadow": None, "eta": None,
+            "expires": None, "group": None, "group_index": None, "retries": retries,
+            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
+            "argsrepr": repr(args)[:1024], "kwargsrepr": "{}", "origin": _origin(),
+            "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None,
+            "stamps": {}, ENQUEUED_AT_HEADER: time.time(),
+        },
+        "properties": {
+            "correlation_id": task_id, "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    })
 
 
-SENT, FULL, BROKER_DOWN = "sent", "full", "broker_down"
+def send(task_name: str, args: list, *, queue: str, retries: int = 0,
+         also_set: tuple[str, str, int] | None = None) -> str:
+    """Push a job unless its queue is at the gate: SENT, FULL or BROKER_DOWN. Never raises.
 
-
-def send(task_name: str, args: list, *, queue: str, check_room: bool = True,
-         retries: int = 0) -> str:
-    """Send a job: SENT, FULL (queue at its bound) or BROKER_DOWN. Never raises."""
-    if check_room and not _surely_has_room(queue):
-        available = room(queue)
-        if available is None:
-            log.warning("broker unavailable, job kept for the relay",
-                        extra={"queue": queue, "task": task_name})
-            return BROKER_DOWN
-        if available <= 0:
-            log.info("queue at its depth bound, job kept for the relay",
-                     extra={"queue": queue, "task": task_name})
-            return FULL
+    `also_set` is (key, value, ttl seconds), set in the same round trip whatever the
+    outcome, unless the broker is down.
+    """
+    client = current_app.extensions["redis"]
+    keys = queue_keys(queue)
+    argv = [gate(queue), message(task_name, args, queue=queue, retries=retries)]
+    if also_set is not None:
+        keys.append(also_set[0])
+        argv.extend(also_set[1:])
     try:
-        current_app.extensions["celery"].send_task(task_name, args=args, queue=queue, retry=False,
-                                                   retries=retries)
-    except Exception as exc:  # any broker failure: the caller keeps the job
+        pushed = _script(client)(keys=keys, args=argv)
+    except redis.RedisError as exc:
         log.warning("broker unavailable, job kept for the relay",
                     extra={"queue": queue, "task": task_name, "error": type(exc).__name__})
         return BROKER_DOWN
+    if not pushed:
+        log.info("queue at its depth bound, job kept for the relay",
+                 extra={"queue": queue, "task": task_name})
+        return FULL
     return SENT
 
 
-def publish(task_name: str, args: list, *, queue: str, check_room: bool = True,
-            retries: int = 0) -> bool:
+def publish(task_name: str, args: list, *, queue: str, retries: int = 0) -> bool:
     """Send a job; False when it was not sent (the caller keeps it for the relay)."""
-    return send(task_name, args, queue=queue, check_room=check_room, retries=retries) == SENT
+    return send(task_name, args, queue=queue, retries=retries) == SENT
+
+
+def _script(client: redis.Redis):
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_PUSH_BELOW_GATE)
+    return script
+
+
+_HOSTNAME = socket.gethostname()
+
+
+def _origin() -> str:
+    return f"{os.getpid()}@{_HOSTNAME}"

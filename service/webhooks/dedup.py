@@ -49,6 +49,11 @@ class DedupCache:
             return False
         return previous == STORED
 
+    def stored_mark(self, provider: str, event_id: str) -> tuple[str, bytes, int]:
+        """(key, value, ttl) that marks the event stored, for a caller that sets it
+        together with other writes in one round trip."""
+        return self._key(provider, event_id), STORED, self._ttl
+
     def mark_stored(self, provider: str, event_id: str) -> None:
         try:
             self._client.set(self._key(provider, event_id), STORED, ex=self._ttl)

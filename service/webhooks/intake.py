@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import DateTime, bindparam, text
+from sqlalchemy import DateTime
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.db_types import utcnow
 from service.extensions import db
+from service.fastsql import Statement, fetch_one
+from service.queues.publishing import SENT
 from service.webhooks.dedup import DedupCache
 from service.webhooks.exceptions import StorageUnavailable
 from service.webhooks.models import EventStatus
-from service.webhooks.queueing import mark_unpublished, publish_event
+from service.webhooks.queueing import mark_unpublished, send_event
 from service.webhooks.verifiers import VerifiedEvent
 
 log = logging.getLogger(__name__)
@@ -41,46 +43,47 @@ def accept_event(
         return IntakeResult("duplicate", None)
     try:
         event_pk = _insert(event, request_id)
-        db.session.commit()
     except SQLAlchemyError as exc:
-        db.session.rollback()
         dedup.release(event.provider, event.event_id)
         raise StorageUnavailable(type(exc).__name__) from exc
-    dedup.mark_stored(event.provider, event.event_id)
     if event_pk is None:
+        dedup.mark_stored(event.provider, event.event_id)
         return IntakeResult("duplicate", None)
-    queued = publish_event(event_pk)
-    if not queued:
+    # The message and the de-duplication mark go in one round trip.
+    queued = send_event(event_pk, also_set=dedup.stored_mark(event.provider, event.event_id))
+    if queued != SENT:
         _mark_unpublished(event_pk)
-    return IntakeResult("stored", event_pk, queued)
+    return IntakeResult("stored", event_pk, queued == SENT)
 
 
-# One textual statement, compiled once: the ORM construct cost more than the round trip.
 # ON CONFLICT ... RETURNING runs on PostgreSQL and on SQLite (3.35+) alike.
-_INSERT_EVENT = text(
+_INSERT_EVENT = Statement(
     "INSERT INTO webhook_events (provider, event_id, event_type, payload, status, attempts,"
     " request_id, received_at, queued_at, lease_expires_at)"
     " VALUES (:provider, :event_id, :event_type, :payload, :status, 0, :request_id, :now,"
     " :now, :lease_expires_at)"
-    " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id"
-).bindparams(bindparam("now", type_=DateTime()), bindparam("lease_expires_at", type_=DateTime()))
+    " ON CONFLICT (provider, event_id) DO NOTHING RETURNING id",
+    now=DateTime(), lease_expires_at=DateTime(),
+)
 
 
 def _insert(event: VerifiedEvent, request_id: str | None) -> int | None:
-    """INSERT ... ON CONFLICT DO NOTHING; the id of the new row, or None for a duplicate.
+    """INSERT ... ON CONFLICT DO NOTHING, committed; the new row's id, or None for a duplicate.
 
-    The row is stored as `queued` with a short publish lease, so the common path costs
-    one statement and one commit: if the publish after the commit fails the row goes
-    back to `received`, and if the process dies in between, the relay publishes it
-    once the lease has expired.
+    One statement in autocommit mode: a single round trip that returns once the row is
+    durable. The row is stored as `queued` with a short publish lease: if the publish
+    after it fails the row goes back to `received`, and if the process dies in between,
+    the relay publishes it once the lease has expired.
     """
     now = utcnow()
     grace = timedelta(seconds=current_app.config["PUBLISH_GRACE_SECONDS"])
-    return db.session.execute(_INSERT_EVENT, {
-        "provider": event.provider, "event_id": event.event_id, "event_type": event.event_type,
-        "payload": event.body, "status": EventStatus.QUEUED, "request_id": request_id,
+    row = fetch_one(_INSERT_EVENT, {
+        "provider": event.provider, "event_id": event.event_id,
+        "event_type": event.event_type, "payload": event.body,
+        "status": EventStatus.QUEUED, "request_id": request_id,
         "now": now, "lease_expires_at": now + grace,
-    }).scalar()
+    })
+    return None if row is None else row[0]
 
 
 def _mark_unpublished(event_pk: int) -> None:

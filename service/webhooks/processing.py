@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import or_, select, update
+from sqlalchemy import DateTime, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from service.alerts.services import raise_signal
 from service.db_types import utcnow
 from service.extensions import db
+from service.fastsql import Statement, fetch_one
 from service.orders.exceptions import OrdersError
 from service.queues import outbox
 from service.webhooks import handlers
@@ -47,35 +48,34 @@ class Claim:
     payload: str
 
 
+_CLAIM = Statement(
+    "UPDATE webhook_events SET status = :processing, lease_token = :token,"
+    " lease_expires_at = :lease_until, attempts = attempts + 1"
+    " WHERE id = :event_pk AND (status IN (:received, :queued)"
+    " OR (status = :processing AND lease_expires_at < :now))"
+    " RETURNING attempts, provider, event_id, event_type, payload",
+    now=DateTime(), lease_until=DateTime(),
+)
+
+
 def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:
-    """Take the event for this worker; None when it is done, failed, or leased by another."""
+    """Take the event for this worker; None when it is done, failed, or leased by another.
+
+    One conditional UPDATE, committed on its own (one round trip), that also reads what
+    the handler needs.
+    """
     now = utcnow()
     token = secrets.token_hex(16)
-    result = db.session.execute(
-        update(WebhookEvent)
-        .where(
-            WebhookEvent.id == event_pk,
-            or_(
-                WebhookEvent.status.in_((EventStatus.RECEIVED, EventStatus.QUEUED)),
-                (WebhookEvent.status == EventStatus.PROCESSING)
-                & (WebhookEvent.lease_expires_at < now),
-            ),
-        )
-        .values(
-            status=EventStatus.PROCESSING,
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=WebhookEvent.attempts + 1,
-        )
-        .returning(WebhookEvent.attempts, WebhookEvent.provider, WebhookEvent.event_id,
-                   WebhookEvent.event_type, WebhookEvent.payload)
-    )
-    row = result.first()
-    db.session.commit()
+    row = fetch_one(_CLAIM, {
+        "event_pk": event_pk, "token": token, "now": now,
+        "lease_until": now + timedelta(seconds=lease_seconds),
+        "processing": EventStatus.PROCESSING, "received": EventStatus.RECEIVED,
+        "queued": EventStatus.QUEUED,
+    })
     if row is None:
         return None
-    return Claim(event_pk, token, row.attempts, row.provider, row.event_id, row.event_type,
-                 row.payload)
+    attempts, provider, event_id, event_type, payload = row
+    return Claim(event_pk, token, attempts, provider, event_id, event_type, payload)
 
 
 def apply(claimed: Claim) -> str:

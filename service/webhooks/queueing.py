@@ -5,22 +5,25 @@ from __future__ import annotations
 from sqlalchemy import update
 
 from service.extensions import db
-from service.queues.publishing import publish, send
+from service.queues.publishing import SENT, send
 from service.webhooks.models import EventStatus, WebhookEvent
 
+TASK = "webhooks.process_event"
 
-def send_event(event_pk: int) -> str:
-    """Like `publish_event`, telling SENT, FULL and BROKER_DOWN apart (for the relay)."""
-    return send("webhooks.process_event", [event_pk], queue="webhooks")
+
+def send_event(event_pk: int, *, also_set: tuple[str, str, int] | None = None) -> str:
+    """Send `webhooks.process_event` for a stored event: SENT, FULL or BROKER_DOWN.
+
+    Never raises: the event is already durable, and the relay enqueues whatever this
+    could not (broker down, or the queue at its depth bound). `also_set`: a Redis key
+    set in the same round trip (see `publishing.send`).
+    """
+    return send(TASK, [event_pk], queue="webhooks", also_set=also_set)
 
 
 def publish_event(event_pk: int) -> bool:
-    """Send `webhooks.process_event` for a stored event; False when it was not sent.
-
-    Never raises: the event is already durable, and the relay enqueues whatever this
-    could not (broker down, or the queue at its depth bound).
-    """
-    return publish("webhooks.process_event", [event_pk], queue="webhooks")
+    """Like `send_event`; False when the event was not sent."""
+    return send_event(event_pk) == SENT
 
 
 def mark_unpublished(event_pk: int) -> None:
