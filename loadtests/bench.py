@@ -182,8 +182,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15, help="per intake measurement (15)")
     parser.add_argument("--e2e-seconds", type=int, default=60, help="end-to-end run (60)")
-    parser.add_argument("--web-workers", type=int, default=2)
-    parser.add_argument("--web-threads", type=int, default=8)
+    parser.add_argument("--web-workers", type=int, default=4)
+    parser.add_argument("--web-threads", type=int, default=1)
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--only", choices=("intake", "worker"),

@@ -1,8 +1,9 @@
-"""One statement, committed on its own, at the lowest cost the database allows.
+"""Hot-path statements at the lowest cost the database allows.
 
-The two hottest statements of the pipeline (the intake's INSERT and the worker's claim)
-each stand alone: run in autocommit mode they cost one round trip and return once
-durable. On PostgreSQL the statement goes straight to the pooled psycopg connection:
+`fetch_one` runs a statement that stands alone (the intake's INSERT, the worker's
+claim) in autocommit mode: one round trip, returning once durable. `run` runs one in the
+session's current transaction (the worker's payment path), committed by the caller.
+On PostgreSQL the statement goes straight to the pooled psycopg connection:
 SQLAlchemy's execution machinery cost more CPU than the round trip itself, while its
 pool (checkout, idle ping, invalidation) is still used. Elsewhere (the embedded SQLite,
 where there is no round trip to save) SQLAlchemy runs it in a transaction of its own.
@@ -12,7 +13,7 @@ Driver errors surface as SQLAlchemy's DBAPIError either way.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import TextClause, bindparam, text
@@ -22,14 +23,50 @@ from service.extensions import db
 
 
 class Statement:
-    """A textual statement with `:name` parameters, ready for either path."""
+    """A textual statement with `:name` parameters, ready for either path.
 
-    def __init__(self, sql: str, **types):
+    `for_update` appends FOR UPDATE where the database has row locks (SQLite locks the
+    whole database for the writing transaction instead).
+    """
+
+    def __init__(self, sql: str, *, for_update: bool = False, **types):
+        self.writes = not sql.lstrip().upper().startswith("SELECT")
         self.clause: TextClause = text(sql)
         if types:
             self.clause = self.clause.bindparams(
                 *(bindparam(name, type_=type_) for name, type_ in types.items()))
-        self.psycopg_sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+        self.psycopg_sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql) + \
+            (" FOR UPDATE" if for_update else "")
+
+
+class Result(NamedTuple):
+    rows: list[tuple]
+    rowcount: int
+
+
+def run(statement: Statement, params: dict[str, Any]) -> Result:
+    """Run `statement` in the session's transaction; the caller commits or rolls back.
+
+    The session stays coherent: its pending ORM changes are flushed first, and objects it
+    holds are expired after a write, so they are read again when next used.
+    """
+    session = db.session
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    conn = session.connection()
+    if conn.dialect.driver != "psycopg":
+        result = conn.execute(statement.clause, params)
+        rows = [tuple(row) for row in result] if result.returns_rows else []
+        outcome = Result(rows, result.rowcount)
+    else:
+        try:
+            cursor = conn.connection.driver_connection.execute(statement.psycopg_sql, params)
+            outcome = Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+        except psycopg.Error as exc:
+            raise _wrapped(statement.psycopg_sql, params, exc) from exc
+    if statement.writes and len(session.identity_map):
+        session.expire_all()
+    return outcome
 
 
 def fetch_one(statement: Statement, params: dict[str, Any]) -> tuple | None:

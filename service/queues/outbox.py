@@ -8,13 +8,15 @@ published by the relay, oldest first, as room appears.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import DateTime, delete, func, select, update
 
+from service import fastsql
 from service.db_types import utcnow
 from service.extensions import db
 from service.queues.models import OutboxJob
@@ -40,6 +42,25 @@ def add_job(task_name: str, args: list, *, queue: str, available_at: datetime | 
     if publish_now:
         db.session.info.setdefault(_SESSION_KEY, []).append(job)
     return job
+
+
+def add_pending_jobs(jobs: list[tuple[str, list]], *, queue: str) -> None:
+    """Add (task name, args) jobs to the current transaction in one statement, for the
+    relay to publish: `add_job(..., publish_now=False)` without the ORM's cost."""
+    fastsql.run(_insert_jobs(len(jobs)), {
+        **{f"task_{n}": task_name for n, (task_name, _) in enumerate(jobs)},
+        **{f"args_{n}": json.dumps(args) for n, (_, args) in enumerate(jobs)},
+        "queue": queue, "now": utcnow(),
+    })
+
+
+@functools.cache
+def _insert_jobs(count: int) -> fastsql.Statement:
+    rows = ", ".join(f"(:task_{n}, :queue, :args_{n}, 'pending', 0, :now, :now)"
+                     for n in range(count))
+    return fastsql.Statement(
+        "INSERT INTO outbox_jobs (task_name, queue, args, status, retries, created_at,"
+        f" available_at) VALUES {rows}", now=DateTime())
 
 
 def discard_added() -> None:

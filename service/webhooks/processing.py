@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from service.alerts.services import raise_signal
 from service.db_types import utcnow
 from service.extensions import db
-from service.fastsql import Statement, fetch_one
+from service.fastsql import Statement, fetch_one, run
 from service.orders.exceptions import OrdersError
 from service.queues import outbox
 from service.webhooks import handlers
@@ -78,6 +78,14 @@ def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:
     return Claim(event_pk, token, attempts, provider, event_id, event_type, payload)
 
 
+_FINISH = Statement(
+    "UPDATE webhook_events SET status = :status, processed_at = :now, lease_token = NULL,"
+    " lease_expires_at = NULL, last_error = NULL"
+    " WHERE id = :event_pk AND lease_token = :token",
+    now=DateTime(),
+)
+
+
 def apply(claimed: Claim) -> str:
     """Run the event's handler and commit its effects with the final status.
 
@@ -92,12 +100,8 @@ def apply(claimed: Claim) -> str:
         else:
             handler(json.loads(claimed.payload), source)
             status = EventStatus.PROCESSED
-        finished = db.session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id == claimed.event_pk, WebhookEvent.lease_token == claimed.token)
-            .values(status=status, processed_at=utcnow(), lease_token=None,
-                    lease_expires_at=None, last_error=None)
-        ).rowcount
+        finished = run(_FINISH, {"status": status, "now": utcnow(),
+                                 "event_pk": claimed.event_pk, "token": claimed.token}).rowcount
         if not finished:
             db.session.rollback()
             outbox.discard_added()
