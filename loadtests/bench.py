@@ -184,7 +184,10 @@ def main(argv=None) -> int:
     parser.add_argument("--e2e-seconds", type=int, default=60, help="end-to-end run (60)")
     parser.add_argument("--web-workers", type=int, default=4)
     parser.add_argument("--web-threads", type=int, default=1)
-    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--worker-concurrency", type=int, default=4,
+                        help="webhooks worker processes or threads (4: the tasks wait on "
+                             "the database more than they compute)")
+    parser.add_argument("--worker-pool", default="prefork", choices=("prefork", "threads"))
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--only", choices=("intake", "worker"),
                         help="stop after the intake, or the intake and worker, measurements")
@@ -194,11 +197,13 @@ def main(argv=None) -> int:
     wrk = ensure_wrk()
     say(f"load generator: {wrk or 'python client'}")
     report: dict = {"machine": {"cpus": os.cpu_count()}, "generator": "wrk" if wrk else "python",
-                    "gunicorn": f"-w {args.web_workers} --threads {args.web_threads}"}
+                    "gunicorn": f"-w {args.web_workers} --threads {args.web_threads}",
+                    "webhooks_worker": f"--pool {args.worker_pool} -c {args.worker_concurrency}"}
 
     # 1. Intake against the bare endpoint, workers off, no depth bound in the way.
     with Stack(web_workers=args.web_workers, web_threads=args.web_threads, with_workers=False,
-               with_beat=False, extra_env={"QUEUE_DEPTH_MAX": "100000000"}) as stack:
+               with_beat=False, extra_env={"QUEUE_DEPTH_MAX": "100000000"},
+               webhook_pool=args.worker_pool) as stack:
         stack.flask("demo", "seed", "--customers", "50", "--products", "20",
                     "--orders", str(args.orders))
         deliveries = stack.tmp / "deliveries.tsv"
@@ -235,7 +240,7 @@ def main(argv=None) -> int:
         return _finish(report, args)
     # 3. End to end, 4. latency at 500/min, 5. a 10x burst: the whole stack, default bound.
     with Stack(web_workers=args.web_workers, web_threads=args.web_threads,
-               webhook_workers=args.worker_concurrency) as stack:
+               webhook_workers=args.worker_concurrency, webhook_pool=args.worker_pool) as stack:
         stack.flask("demo", "seed", "--customers", "50", "--products", "20",
                     "--orders", str(args.orders))
         client = redis.Redis.from_url(stack.env["REDIS_URL"])
@@ -333,7 +338,8 @@ def _print(report: dict, path: Path) -> None:
     out = sys.stderr
     intake = report["intake"]
     print("\n=== benchmark ===", file=out)
-    print(f"generator {report['generator']}, gunicorn {report['gunicorn']}, "
+    print(f"generator {report['generator']}, gunicorn {report['gunicorn']}, webhooks worker "
+          f"{report['webhooks_worker']}, "
           f"{report['machine']['cpus']} cpus", file=out)
     print(f"intake   bare {intake['bare']['requests_per_second']:.0f} req/s "
           f"(p50 {intake['bare']['p50_ms']} ms, p99 {intake['bare']['p99_ms']} ms)   "

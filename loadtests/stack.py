@@ -63,10 +63,11 @@ class Stack:
 
     def __init__(self, *, web_workers: int = 2, web_threads: int = 8, webhook_workers: int = 2,
                  extra_env: dict | None = None, with_orders: bool = True, with_beat: bool = True,
-                 with_workers: bool = True):
+                 with_workers: bool = True, webhook_pool: str = "prefork"):
         self.web_workers = web_workers
         self.web_threads = web_threads
         self.webhook_workers = webhook_workers
+        self.webhook_pool = webhook_pool
         self.extra_env = extra_env or {}
         self.with_orders = with_orders
         self.with_beat = with_beat
@@ -146,7 +147,8 @@ class Stack:
 
     def start_webhook_worker(self, concurrency: int | None = None) -> subprocess.Popen:
         return self.spawn("worker-webhooks",
-                          _worker("webhooks", concurrency or self.webhook_workers, 4))
+                          _worker("webhooks", concurrency or self.webhook_workers, 4,
+                                  self.webhook_pool))
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  (closed with the process)
@@ -205,9 +207,10 @@ class Stack:
         subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
 
 
-def _worker(queues: str, concurrency: int, prefetch: int) -> list[str]:
+def _worker(queues: str, concurrency: int, prefetch: int, pool: str = "prefork") -> list[str]:
     return [str(BIN / "celery"), "-A", "service.worker", "worker", "-Q", queues, "-c",
-            str(concurrency), "--prefetch-multiplier", str(prefetch), "--loglevel", "WARNING",
+            str(concurrency), "--prefetch-multiplier", str(prefetch), "--pool", pool,
+            "--loglevel", "WARNING",
             "-n", f"{queues.split(',')[0]}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
             "--without-gossip"]
 

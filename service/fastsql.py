@@ -63,7 +63,11 @@ def run(statement: Statement, params: dict[str, Any]) -> Result:
             cursor = conn.connection.driver_connection.execute(statement.psycopg_sql, params)
             outcome = Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
         except psycopg.Error as exc:
-            raise _wrapped(statement.psycopg_sql, params, exc) from exc
+            lost = _lost(conn.connection.driver_connection, exc)
+            if lost:
+                conn.invalidate(exc)
+                db.engine.dispose()
+            raise _wrapped(statement.psycopg_sql, params, exc, lost=lost) from exc
     if statement.writes and len(session.identity_map):
         session.expire_all()
     return outcome
@@ -92,12 +96,24 @@ def _fetch_one_psycopg(sql: str, params: dict[str, Any]) -> tuple | None:
             if not conn.closed:
                 conn.autocommit = False
     except psycopg.Error as exc:
-        if pooled.driver_connection.closed or isinstance(exc, psycopg.OperationalError):
+        lost = _lost(pooled.driver_connection, exc)
+        if lost:
             pooled.invalidate(exc)
-        raise _wrapped(sql, params, exc) from exc
+            db.engine.dispose()
+        raise _wrapped(sql, params, exc, lost=lost) from exc
     finally:
         pooled.close()
 
 
-def _wrapped(sql: str, params: dict[str, Any], exc: psycopg.Error) -> DBAPIError:
-    return DBAPIError.instance(sql, params, exc, psycopg.Error, hide_parameters=True)
+def _lost(conn, exc: psycopg.Error) -> bool:
+    """Whether `exc` means the connection is gone. Then, as SQLAlchemy's own execution
+    path does, every pooled connection is dropped (`dispose`): a database restart killed
+    them all, and each would otherwise fail one request before being replaced."""
+    return conn is None or conn.closed or conn.broken or \
+        db.engine.dialect.is_disconnect(exc, conn, None)
+
+
+def _wrapped(sql: str, params: dict[str, Any], exc: psycopg.Error, *,
+             lost: bool = False) -> DBAPIError:
+    return DBAPIError.instance(sql, params, exc, psycopg.Error, hide_parameters=True,
+                               connection_invalidated=lost)

@@ -109,13 +109,18 @@ def send(task_name: str, args: list, *, queue: str, retries: int = 0,
     keys = queue_keys(queue)
     argv = [gate(queue), message(task_name, args, queue=queue, retries=retries)]
     if also_set is not None:
-        keys.append(also_set[0])
-        argv.extend(also_set[1:])
+        key, value, ttl = also_set
+        keys.append(key)
+        argv.extend([value, max(1, int(ttl))])
     try:
         pushed = _script(client)(keys=keys, args=argv)
-    except redis.RedisError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("broker unavailable, job kept for the relay",
                     extra={"queue": queue, "task": task_name, "error": type(exc).__name__})
+        return BROKER_DOWN
+    except redis.RedisError as exc:  # Redis answered, refusing: not an outage, still kept
+        log.error("broker refused the job, kept for the relay",
+                  extra={"queue": queue, "task": task_name, "error": str(exc)[:200]})
         return BROKER_DOWN
     if not pushed:
         log.info("queue at its depth bound, job kept for the relay",

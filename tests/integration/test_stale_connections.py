@@ -132,9 +132,6 @@ def test_without_the_idle_ping_the_first_delivery_after_the_kill_fails_then_rede
     assert stored(engine, event_id)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service/fastsql.py _fetch_one_psycopg invalidates only the connection that met the "
-    "error (pooled.invalidate), not the pool: each dead pooled connection fails one delivery"))
 def test_a_disconnect_met_by_the_intake_insert_invalidates_the_whole_pool(
         build_app, clean, terminate_backends):
     """ping_when_idle's promise: a connection used a moment ago is not pinged, and
