@@ -1,20 +1,17 @@
 """Counters shared by every process (gunicorn workers, Celery pool processes) via Redis,
 rendered as Prometheus text at `GET /metrics`.
 
-Each process counts in memory and adds its counts to a Redis hash at most once a second
-(on the next increment after that), so counting costs no round trip on the hot path; a
-scrape reads the hash. Counting never fails a request: when Redis is down the counts
-wait for the next flush.
+Each process counts in memory and adds its counts to a Redis hash about once a second
+(`service.counting`), so counting costs no round trip on the hot path; a scrape reads
+the hash.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import Counter
-
 import redis
 from flask import Blueprint, Flask, Response, current_app
+
+from service.counting import BufferedCounts
 
 COUNTERS_KEY = "racine:metrics:counters"
 
@@ -31,36 +28,24 @@ def _field(name: str, labels: dict[str, str]) -> str:
     return f"{name}{{{inner}}}"
 
 
-FLUSH_SECONDS = 1.0
-_pending: Counter = Counter()
-_lock = threading.Lock()
-_last_flush = [0.0]
+def _add_to_hash(pipe, field: str, amount: int) -> None:
+    pipe.hincrby(COUNTERS_KEY, field, amount)
+
+
+_counts = BufferedCounts(_add_to_hash, name="racine-metrics")
+
+
+def _client() -> redis.Redis:
+    return current_app.extensions["redis"]
 
 
 def increment(name: str, amount: int = 1, **labels: str) -> None:
-    with _lock:
-        _pending[_field(name, labels)] += amount
-        due = time.monotonic() - _last_flush[0] >= FLUSH_SECONDS
-    if due:
-        flush(current_app.extensions["redis"])
+    _counts.add(_field(name, labels), amount, _client)
 
 
 def flush(client: redis.Redis) -> None:
-    """Add this process's counts to Redis; kept for the next flush if Redis is down."""
-    with _lock:
-        counts = dict(_pending)
-        _pending.clear()
-        _last_flush[0] = time.monotonic()
-    if not counts:
-        return
-    try:
-        pipe = client.pipeline(transaction=False)
-        for field, amount in counts.items():
-            pipe.hincrby(COUNTERS_KEY, field, amount)
-        pipe.execute()
-    except redis.RedisError:
-        with _lock:
-            _pending.update(counts)
+    """Add this process's counts to Redis now (before a scrape reads them)."""
+    _counts.flush(client)
 
 
 def render(client: redis.Redis) -> str:

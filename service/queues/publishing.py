@@ -87,7 +87,7 @@ def message(task_name: str, args: list, *, queue: str, retries: int = 0) -> str:
             "expires": None, "group": None, "group_index": None, "retries": retries,
             "timelimit": [None, None], "root_id": task_id, "parent_id": None,
             "argsrepr": repr(args)[:1024], "kwargsrepr": "{}", "origin": _origin(),
-            "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None,
+            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
             "stamps": {}, ENQUEUED_AT_HEADER: time.time(),
         },
         "properties": {

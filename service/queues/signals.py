@@ -7,15 +7,14 @@ to count or record must never fail the job itself.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
-from collections import Counter
 
 from celery import signals
 from flask import Flask
 
+from service.counting import BufferedCounts
 from service.db_types import utcnow
 from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
@@ -99,51 +98,18 @@ def _queue_of(task) -> str:
     return delivery.get("routing_key") or "unknown"
 
 
-# Per process: done/failed counts not yet added to Redis. A task costs no round trip for
-# its count; they are added at most once a second, and by a timer when the worker idles.
-COUNT_FLUSH_SECONDS = 1.0
-_counts: Counter = Counter()
-_counts_lock = threading.Lock()
-_last_flush = [0.0]
-_flusher_pid = [0]
+def _add_with_expiry(pipe, key: str, amount: int) -> None:
+    pipe.incrby(key, amount)
+    pipe.expire(key, 2 * 3600)
+
+
+# A task costs no round trip for its count (see `service.counting`).
+_counts = BufferedCounts(_add_with_expiry, timer=True, name="racine-queue-counts")
 
 
 def _count(client, key_format: str, queue: str) -> None:
     key = key_format.format(queue=queue, minute=int(time.time() // 60))
-    with _counts_lock:
-        _counts[key] += 1
-        due = time.monotonic() - _last_flush[0] >= COUNT_FLUSH_SECONDS
-    if _flusher_pid[0] != os.getpid():  # first count in this (possibly forked) process
-        _flusher_pid[0] = os.getpid()
-        threading.Thread(target=_flush_counts_forever, args=(client,),
-                         name="racine-queue-counts", daemon=True).start()
-    if due:
-        flush_counts(client)
-
-
-def flush_counts(client) -> None:
-    """Add this process's pending counts to Redis; kept for later if Redis is down."""
-    with _counts_lock:
-        pending = dict(_counts)
-        _counts.clear()
-        _last_flush[0] = time.monotonic()
-    if not pending:
-        return
-    try:
-        pipe = client.pipeline(transaction=False)
-        for key, amount in pending.items():
-            pipe.incrby(key, amount)
-            pipe.expire(key, 2 * 3600)
-        pipe.execute()
-    except Exception:
-        with _counts_lock:
-            _counts.update(pending)
-
-
-def _flush_counts_forever(client) -> None:
-    while True:
-        time.sleep(COUNT_FLUSH_SECONDS)
-        flush_counts(client)
+    _counts.add(key, 1, lambda: client)
 
 
 def _heartbeat(client, hostname: str, queues: list[str]) -> None:

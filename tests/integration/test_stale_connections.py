@@ -78,6 +78,19 @@ def fill_pool(app, connections: int) -> set[int]:
     return pids
 
 
+def app_with_dead_pool(build_app, terminate_backends, *, pooled: int):
+    """An app that never pings (threshold 3600 s) whose `pooled` connections were killed."""
+    built = build_app({"DB_PING_IDLE_SECONDS": 3600})
+    client = built.test_client()
+    first, _ = post_event(client)
+    assert first.status_code == 200
+    with built.app_context():
+        engine = db.engine
+    pids = fill_pool(built, pooled)
+    assert pids <= terminate_backends(engine)
+    return client, engine
+
+
 def test_idle_connections_killed_by_the_database_are_replaced_at_checkout(
         build_app, clean, terminate_backends):
     idle = 0.5
@@ -109,17 +122,7 @@ def test_without_the_idle_ping_the_first_delivery_after_the_kill_fails_then_rede
     """The control: with a threshold no test reaches, nothing is pinged, so the delivery
     that meets the dead connection answers 503, and the provider's redelivery is stored
     on a new one. This shows it is the idle ping that saves the delivery above."""
-    built = build_app({"DB_PING_IDLE_SECONDS": 3600})
-    client = built.test_client()
-    first, _ = post_event(client)
-    assert first.status_code == 200
-    with built.app_context():
-        engine = db.engine
-    pooled = fill_pool(built, 1)
-
-    killed = terminate_backends(engine)
-
-    assert pooled <= killed
+    client, engine = app_with_dead_pool(build_app, terminate_backends, pooled=1)
     time.sleep(1.0)  # longer than the other test's threshold, far short of this one
     failed, event_id = post_event(client)
     assert failed.status_code == 503
@@ -139,17 +142,7 @@ def test_a_disconnect_met_by_the_intake_insert_invalidates_the_whole_pool(
     met it fails". With two dead pooled connections: one 503, then the redelivery stored.
     (SQLAlchemy's own execution path does this: a disconnect invalidates every connection
     pooled before it.)"""
-    built = build_app({"DB_PING_IDLE_SECONDS": 3600})
-    client = built.test_client()
-    first, _ = post_event(client)
-    assert first.status_code == 200
-    with built.app_context():
-        engine = db.engine
-    pooled = fill_pool(built, 2)
-
-    killed = terminate_backends(engine)
-
-    assert pooled <= killed
+    client, engine = app_with_dead_pool(build_app, terminate_backends, pooled=2)
     failed, event_id = post_event(client)
     assert failed.status_code == 503
     again, _ = post_event(client, event_id)
