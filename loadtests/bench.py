@@ -1,6 +1,6 @@
 """Benchmark: the webhook pipeline against the bare stack, on one machine, in one run.
 
-    python -m loadtests.bench [--seconds 15] [--e2e-seconds 60] [--json]
+    python -m loadtests.bench [--seconds 15] [--e2e-seconds 60] [--ceiling] [--json]
 
 Measures, with the same gunicorn settings for both endpoints:
   intake      requests/s and p50/p99 of POST /webhooks/stripe (verify, store, enqueue)
@@ -9,6 +9,8 @@ Measures, with the same gunicorn settings for both endpoints:
   end-to-end  events/min sustained through intake and workers, every one processed
   latency     intake p50/p99 at a steady 500 events/min
   burst       the largest `webhooks` depth during 10x that rate
+  ceiling     (--ceiling) end to end again with events no handler takes: the pipeline's
+              own limit on this machine, before any domain work
 Prints the figures and ratios against the targets and writes a JSON report to
 loadtests/reports/. The load generator is wrk (installed with apt-get when missing and
 possible), else a Python client.
@@ -56,10 +58,17 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def write_deliveries(path: Path, count: int, orders: int) -> None:
+def write_deliveries(path: Path, count: int, orders: int, *,
+                     event_type: str = "payment_intent.succeeded") -> None:
+    """Signed Stripe deliveries, one per line; payments for seeded orders by default."""
     with path.open("w") as handle:
         for n in range(count):
             _, body, headers, _ = signing.stripe_payment(1 + n % orders, 1000, secret=SECRET)
+            if event_type != "payment_intent.succeeded":
+                event = json.loads(body)
+                event["type"] = event_type
+                body = json.dumps(event).encode()
+                headers = signing.stripe_headers(body, secret=SECRET)
             handle.write(f"{headers['Stripe-Signature']}\t{body.decode()}\n")
 
 
@@ -147,6 +156,9 @@ def paced_latency(url: str, *, per_minute: float, seconds: int, orders: int,
             "p99_ms": round(ordered[int(len(ordered) * 0.99)], 2)}
 
 
+DONE = ("processed", "ignored")
+
+
 def counts(dsn: str) -> dict:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return dict(conn.execute(
@@ -157,7 +169,7 @@ def wait_drained(client, dsn: str, *, timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         by_status = counts(dsn)
-        outstanding = sum(v for k, v in by_status.items() if k not in ("processed", "ignored"))
+        outstanding = sum(v for k, v in by_status.items() if k not in DONE)
         if outstanding == 0 and client.llen("webhooks") == 0:
             return time.monotonic() - started
         time.sleep(0.2)
@@ -191,6 +203,9 @@ def main(argv=None) -> int:
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--only", choices=("intake", "worker"),
                         help="stop after the intake, or the intake and worker, measurements")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also run end to end with events no handler takes (stored, "
+                             "claimed, marked ignored): the pipeline without domain work")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -251,19 +266,16 @@ def main(argv=None) -> int:
         stop = threading.Event()
         threading.Thread(target=_sample, args=(client, samples, stop), daemon=True).start()
         say(f"end to end: {args.e2e_seconds} s at full speed")
-        started = time.monotonic()
-        sent = load(wrk, f"{stack.url}/webhooks/stripe", deliveries, args.e2e_seconds)
-        drain = wait_drained(client, dsn, timeout=900)
-        total_seconds = time.monotonic() - started
-        by_status = counts(dsn)
-        processed = by_status.get("processed", 0)
-        accepted = sent["requests"] - sent["non_2xx"]
-        report["end_to_end"] = {
-            "seconds": args.e2e_seconds, "accepted": accepted, "processed": processed,
-            "lost": max(0, accepted - processed), "drain_after_load_seconds": round(drain, 1),
-            "events_per_minute": round(processed / total_seconds * 60),
-            "intake_per_second": sent["requests_per_second"],
-            "max_depth": max(samples, default=0)}
+        report["end_to_end"] = end_to_end(wrk, stack, client, dsn, deliveries,
+                                          seconds=args.e2e_seconds, samples=samples)
+        if args.ceiling:
+            samples.clear()
+            unhandled = stack.tmp / "unhandled.tsv"
+            write_deliveries(unhandled, 400000 if wrk else 60000, args.orders,
+                             event_type="customer.updated")
+            say(f"pipeline ceiling: {args.e2e_seconds} s of events no handler takes")
+            report["pipeline_ceiling"] = end_to_end(wrk, stack, client, dsn, unhandled,
+                                                    seconds=args.e2e_seconds, samples=samples)
         samples.clear()
         say("latency at 500 events/min")
         report["latency_500_per_min"] = paced_latency(f"{stack.url}/webhooks/stripe",
@@ -289,6 +301,23 @@ def _finish(report: dict, args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     return 0
+
+
+def end_to_end(wrk, stack: Stack, client, dsn: str, deliveries: Path, *, seconds: int,
+               samples: list[int]) -> dict:
+    """Load at full speed for `seconds`, wait until every event is done; events/min overall."""
+    before = sum(counts(dsn).get(status, 0) for status in DONE)
+    started = time.monotonic()
+    sent = load(wrk, f"{stack.url}/webhooks/stripe", deliveries, seconds)
+    drain = wait_drained(client, dsn, timeout=900)
+    total_seconds = time.monotonic() - started
+    done = sum(counts(dsn).get(status, 0) for status in DONE) - before
+    accepted = sent["requests"] - sent["non_2xx"]
+    return {"seconds": seconds, "accepted": accepted, "processed": done,
+            "lost": max(0, accepted - done), "drain_after_load_seconds": round(drain, 1),
+            "events_per_minute": round(done / total_seconds * 60),
+            "intake_per_second": sent["requests_per_second"],
+            "max_depth": max(samples, default=0)}
 
 
 def _publish_noops(stack: Stack, count: int) -> None:
@@ -365,6 +394,11 @@ def _print_stack_figures(report: dict, out) -> None:
     print(f"e2e      {e2e['events_per_minute']} events/min sustained; accepted {e2e['accepted']},"
           f" processed {e2e['processed']}, lost {e2e['lost']}, max depth {e2e['max_depth']}",
           file=out)
+    ceiling = report.get("pipeline_ceiling")
+    if ceiling:
+        print(f"ceiling  {ceiling['events_per_minute']} events/min with no domain work; accepted "
+              f"{ceiling['accepted']}, done {ceiling['processed']}, lost {ceiling['lost']}",
+              file=out)
     lat = report["latency_500_per_min"]
     print(f"latency  at 500/min: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms", file=out)
     burst = report["burst_10x"]
