@@ -89,8 +89,13 @@ def main() -> int:
     instance.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, RACINE_INSTANCE_PATH=str(instance), PATH=f"{BIN}:{os.environ['PATH']}")
     redis_proc = None
+    run_env = instance / "run.env"
     if not env.get("REDIS_URL"):
         env["REDIS_URL"], redis_proc = start_redis(instance)
+        # Every `flask --app service ...` run with this instance folder reads it, so the
+        # operator's commands (queue health, webhooks list) talk to this Redis too.
+        run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
+                           f"REDIS_URL={env['REDIS_URL']}\n")
     else:
         say("using REDIS_URL from the environment")
     if not env.get("FLOWER_BASIC_AUTH"):
@@ -113,9 +118,11 @@ def main() -> int:
             f"  Flower     http://127.0.0.1:{flower_port}/  (user:password in "
             f"{instance / 'flower-auth'} unless FLOWER_BASIC_AUTH is set)\n"
             f"  Database   {env.get('DATABASE_URL') or instance / 'racine.db'}\n"
-            "\n  Send a signed test webhook from another terminal:\n"
+            "\n  From another terminal (the CLI finds this run's Redis through "
+            f"{instance / 'run.env'}):\n"
             f"    RACINE_INSTANCE_PATH={instance} {BIN / 'flask'} --app service webhooks send-test "
             f"--url http://{bind}/webhooks/stripe\n"
+            f"    RACINE_INSTANCE_PATH={instance} {BIN / 'flask'} --app service queue health\n"
             "\n  Ctrl-C stops every process.\n",
             flush=True,
         )
@@ -127,6 +134,8 @@ def main() -> int:
             # honcho got the same SIGINT from the terminal and is stopping its processes.
             return honcho.wait()
     finally:
+        if redis_proc is not None:
+            run_env.unlink(missing_ok=True)
         if redis_proc is not None and redis_proc.poll() is None:
             redis_proc.send_signal(signal.SIGTERM)
             try:

@@ -75,6 +75,8 @@ def normalise_database_url(url: str) -> str:
 def load_settings(instance_path: str) -> dict:
     """Read every setting from the environment, with the embedded defaults."""
     load_dotenv(os.environ.get("RACINE_DOTENV", ".env"), override=False)
+    # What a running `make run` chose (its private Redis), for commands run beside it.
+    load_dotenv(Path(instance_path) / "run.env", override=False)
     sqlite_path = Path(instance_path) / "racine.db"
     database_url = normalise_database_url(
         _env_str("DATABASE_URL", f"sqlite:///{sqlite_path}")
