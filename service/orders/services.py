@@ -75,8 +75,8 @@ def record_payment(
     # Follow-up work is committed with the payment. The relay publishes it: these jobs
     # are rate limited anyway, so publishing them on the payment's hot path would only
     # lengthen it.
-    outbox.add_pending_jobs([("orders.fulfil", [order_id]),
-                             ("orders.send_confirmation", [order_id])], queue="orders")
+    outbox.add_jobs([("orders.fulfil", [order_id]), ("orders.send_confirmation", [order_id])],
+                    queue="orders")
     return Outcome(order_id, created, states.PAID, None)
 
 

@@ -35,9 +35,9 @@ def rate_limited(key: str, setting: str):
             if wait <= 0:
                 return func(task, *args)
             request = task.request
-            outbox.add_job(task.name, list(args), queue=_queue_of(task),
-                           available_at=utcnow() + timedelta(seconds=wait),
-                           retries=request.retries or 0, publish_now=False)
+            outbox.add_jobs([(task.name, list(args))], queue=_queue_of(task),
+                            available_at=utcnow() + timedelta(seconds=wait),
+                            retries=request.retries or 0)
             db.session.commit()
             log.info("rate limited, job back in the outbox", extra={
                 "task": task.name, "task_id": request.id, "countdown": round(wait, 2)})

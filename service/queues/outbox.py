@@ -1,9 +1,9 @@
 """The transactional outbox: jobs become real with the commit that caused them.
 
-A domain service adds a job to the current transaction with `add_job`; after the commit
-the caller publishes the session's new jobs with `publish_added` (bounded by queue
-depth). Whatever is not published then (broker down, queue full, process died) is
-published by the relay, oldest first, as room appears.
+A domain service adds jobs to the current transaction with `add_jobs`; they exist only
+if that transaction commits. The relay (a beat task) publishes pending jobs oldest
+first, as far as each queue has room; a job the broker could not take (down, full)
+simply stays pending for the next pass.
 """
 
 from __future__ import annotations
@@ -24,58 +24,31 @@ from service.queues.publishing import publish, room
 
 log = logging.getLogger(__name__)
 
-_SESSION_KEY = "racine_outbox_new"
 PUBLISHED_RETENTION = timedelta(days=1)
 
 
-def add_job(task_name: str, args: list, *, queue: str, available_at: datetime | None = None,
-            retries: int = 0, publish_now: bool = True) -> OutboxJob:
-    """Add a job to the current transaction.
+def add_jobs(jobs: list[tuple[str, list]], *, queue: str, available_at: datetime | None = None,
+             retries: int = 0) -> None:
+    """Add (task name, args) jobs to the current transaction, in one statement.
 
-    With `publish_now`, the caller publishes it right after the commit (`publish_added`);
-    otherwise, and in any case if that fails, the relay publishes it once `available_at`
-    has come and its queue has room.
+    They become real with the caller's commit; the relay publishes them once
+    `available_at` (default now) has come and `queue` has room.
     """
-    job = OutboxJob(task_name=task_name, queue=queue, args=json.dumps(args), status="pending",
-                    available_at=available_at or utcnow(), retries=retries)
-    db.session.add(job)
-    if publish_now:
-        db.session.info.setdefault(_SESSION_KEY, []).append(job)
-    return job
-
-
-def add_pending_jobs(jobs: list[tuple[str, list]], *, queue: str) -> None:
-    """Add (task name, args) jobs to the current transaction in one statement, for the
-    relay to publish: `add_job(..., publish_now=False)` without the ORM's cost."""
+    now = utcnow()
     fastsql.run(_insert_jobs(len(jobs)), {
         **{f"task_{n}": task_name for n, (task_name, _) in enumerate(jobs)},
         **{f"args_{n}": json.dumps(args) for n, (_, args) in enumerate(jobs)},
-        "queue": queue, "now": utcnow(),
+        "queue": queue, "retries": retries, "now": now, "available_at": available_at or now,
     })
 
 
 @functools.cache
 def _insert_jobs(count: int) -> fastsql.Statement:
-    rows = ", ".join(f"(:task_{n}, :queue, :args_{n}, 'pending', 0, :now, :now)"
+    rows = ", ".join(f"(:task_{n}, :queue, :args_{n}, 'pending', :retries, :now, :available_at)"
                      for n in range(count))
     return fastsql.Statement(
         "INSERT INTO outbox_jobs (task_name, queue, args, status, retries, created_at,"
-        f" available_at) VALUES {rows}", now=DateTime())
-
-
-def discard_added() -> None:
-    """Forget jobs of a transaction that was rolled back."""
-    db.session.info.pop(_SESSION_KEY, None)
-
-
-def publish_added() -> int:
-    """Publish the jobs added in the transaction just committed; returns how many went.
-
-    The jobs are still in memory, so nothing is read back: each is sent, and those sent
-    are marked published in one statement.
-    """
-    jobs = [job for job in db.session.info.pop(_SESSION_KEY, []) if job.id is not None]
-    return _send_all([(job.id, job.task_name, job.args, job.queue, job.retries) for job in jobs])
+        f" available_at) VALUES {rows}", now=DateTime(), available_at=DateTime())
 
 
 @dataclass

@@ -33,17 +33,9 @@ class DedupCache:
 
         Redis being unreachable answers False: the database check then decides.
         """
-        key = self._key(provider, event_id)
         try:
-            previous = self._client.set(key, PENDING, nx=True, ex=self._ttl, get=True)
-        except redis.ResponseError:
-            # Servers before 7.0 refuse NX together with GET.
-            try:
-                if self._client.set(key, PENDING, nx=True, ex=self._ttl):
-                    return False
-                previous = self._client.get(key)
-            except redis.RedisError:
-                return False
+            previous = _set_unless_present(self._client, self._key(provider, event_id), PENDING,
+                                           self._ttl)
         except redis.RedisError as exc:
             log.warning("dedup cache unavailable", extra={"error": type(exc).__name__})
             return False
@@ -81,11 +73,19 @@ class RedisTransmissionLog:
         self._prefix = prefix
 
     def first_body(self, transmission_id: str, digest: str) -> bool:
-        key = f"{self._prefix}:{transmission_id}"
         try:
-            if self._client.set(key, digest, nx=True, ex=self._ttl):
-                return True
-            previous = self._client.get(key)
+            previous = _set_unless_present(self._client, f"{self._prefix}:{transmission_id}",
+                                           digest, self._ttl)
         except redis.RedisError:
             return True
         return previous is None or previous.decode() == digest
+
+
+def _set_unless_present(client: redis.Redis, key: str, value, ttl: int) -> bytes | None:
+    """SET key NX EX ttl; the value already there, or None when this call set it."""
+    try:
+        return client.set(key, value, nx=True, ex=ttl, get=True)
+    except redis.ResponseError:  # servers before 7.0 refuse NX together with GET
+        if client.set(key, value, nx=True, ex=ttl):
+            return None
+        return client.get(key)

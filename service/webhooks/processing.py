@@ -25,7 +25,6 @@ from service.db_types import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one, run
 from service.orders.exceptions import OrdersError
-from service.queues import outbox
 from service.webhooks import handlers
 from service.webhooks.exceptions import PermanentError, ProcessingError, TransientError
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
@@ -104,7 +103,6 @@ def apply(claimed: Claim) -> str:
                                  "event_pk": claimed.event_pk, "token": claimed.token}).rowcount
         if not finished:
             db.session.rollback()
-            outbox.discard_added()
             return "lost_lease"
         if claimed.attempts > 1:
             db.session.execute(
@@ -116,9 +114,7 @@ def apply(claimed: Claim) -> str:
         db.session.commit()
     except BaseException as exc:
         db.session.rollback()
-        outbox.discard_added()
         raise classify(exc) from exc
-    outbox.publish_added()
     return status
 
 

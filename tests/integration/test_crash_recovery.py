@@ -51,17 +51,24 @@ def processes():
         proc.stop()
 
 
+def deliver_to_doomed_worker(client, tmp_path, processes, event_type: str, obj: dict):
+    """Start the worker the test will kill (3 s processing lease), and deliver one event."""
+    doomed = start_worker(tmp_path, beat=False, name="doomed",
+                          env={"PROCESSING_LEASE_SECONDS": "3"})
+    processes.append(doomed)
+    body, event_id = stripe_event(event_type, obj)
+    response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return doomed, event_id
+
+
 def test_event_of_worker_killed_mid_task_is_finished_once_by_another_worker(
         client, ctx, tmp_path, processes):
     order_id = make_order()
     redis_client = client.application.extensions["redis"]
-    doomed = start_worker(tmp_path, beat=False, name="doomed",
-                          env={"PROCESSING_LEASE_SECONDS": "3"})
-    processes.append(doomed)
-    body, event_id = stripe_event("test.slow", {"order_id": order_id, "payment_id": "pay_slow",
-                                                "sleep": 4})
-    response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
-    assert response.status_code == 200, response.get_data(as_text=True)
+    doomed, event_id = deliver_to_doomed_worker(
+        client, tmp_path, processes,
+        "test.slow", {"order_id": order_id, "payment_id": "pay_slow", "sleep": 4})
     started_key = f"test:started:{event_id}"
 
     wait_until(lambda: status_of(event_id) == "processing" and redis_client.llen(started_key) == 1,
@@ -91,13 +98,9 @@ def test_event_of_worker_killed_while_waiting_to_retry_is_finished_by_another_wo
     order_id = make_order()
     redis_client = client.application.extensions["redis"]
     # A waiting retry is leased for its countdown plus the processing lease.
-    doomed = start_worker(tmp_path, beat=False, name="doomed",
-                          env={"PROCESSING_LEASE_SECONDS": "3"})
-    processes.append(doomed)
-    body, event_id = stripe_event("test.flaky", {"order_id": order_id, "payment_id": "pay_wait",
-                                                 "fail_times": 2})
-    response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
-    assert response.status_code == 200, response.get_data(as_text=True)
+    doomed, event_id = deliver_to_doomed_worker(
+        client, tmp_path, processes,
+        "test.flaky", {"order_id": order_id, "payment_id": "pay_wait", "fail_times": 2})
     attempts_key = f"test:attempts:{event_id}"
 
     # The second failure schedules the last retry 2 s later; the worker dies before it.
