@@ -31,12 +31,15 @@ class Statement:
 
     def __init__(self, sql: str, *, for_update: bool = False, **types):
         self.writes = not sql.lstrip().upper().startswith("SELECT")
-        self.clause: TextClause = text(sql)
-        if types:
-            self.clause = self.clause.bindparams(
-                *(bindparam(name, type_=type_) for name, type_ in types.items()))
-        self.psycopg_sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql) + \
-            (" FOR UPDATE" if for_update else "")
+        locked = sql + (" FOR UPDATE" if for_update else "")
+        binds = [bindparam(name, type_=type_) for name, type_ in types.items()]
+        self._clauses: dict[bool, TextClause] = {
+            False: text(sql).bindparams(*binds), True: text(locked).bindparams(*binds)}
+        self.psycopg_sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", locked)
+
+    def clause(self, dialect) -> TextClause:
+        """The SQLAlchemy form for `dialect`: with FOR UPDATE unless it is SQLite."""
+        return self._clauses[dialect.name != "sqlite"]
 
 
 class Result(NamedTuple):
@@ -55,7 +58,7 @@ def run(statement: Statement, params: dict[str, Any]) -> Result:
         session.flush()
     conn = session.connection()
     if conn.dialect.driver != "psycopg":
-        result = conn.execute(statement.clause, params)
+        result = conn.execute(statement.clause(conn.dialect), params)
         rows = [tuple(row) for row in result] if result.returns_rows else []
         outcome = Result(rows, result.rowcount)
     else:
@@ -78,7 +81,7 @@ def fetch_one(statement: Statement, params: dict[str, Any]) -> tuple | None:
     if db.engine.dialect.driver == "psycopg":
         return _fetch_one_psycopg(statement.psycopg_sql, params)
     with db.engine.begin() as conn:
-        row = conn.execute(statement.clause, params).first()
+        row = conn.execute(statement.clause(conn.dialect), params).first()
     return None if row is None else tuple(row)
 
 

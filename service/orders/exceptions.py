@@ -10,4 +10,4 @@ class OrderNotFound(OrdersError):
 
 
 class InvalidAmount(OrdersError):
-    """An amount is negative, not a number, or in another currency than the order."""
+    """An amount is negative or not a whole number of cents."""

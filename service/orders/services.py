@@ -68,8 +68,7 @@ def record_payment(
         fastsql.run(_REVIVE_FAILED_PAYMENT, payment)
     if status == states.PAID:
         return Outcome(order_id, created, status, None)
-    refused = _record_move(order_id, status, states.PAID, source=source,
-                           reason="payment succeeded", now=now)
+    refused = _record_paid(order_id, status, source=source, now=now)
     if refused:
         return Outcome(order_id, created, status, refused)
     # Follow-up work is committed with the payment. The relay publishes it: these jobs
@@ -104,24 +103,22 @@ _INSERT_MOVE = fastsql.Statement(
     now=DateTime(),
 )
 _APPLY_PAID = fastsql.Statement(
-    "UPDATE orders SET status = :status, updated_at = :now, paid_at = COALESCE(paid_at, :now)"
+    "UPDATE orders SET status = 'paid', updated_at = :now, paid_at = COALESCE(paid_at, :now)"
     " WHERE id = :order_id",
     now=DateTime(),
 )
 
 
-def _record_move(order_id: int, current: str, target: str, *, source: str, reason: str,
-                 now) -> str | None:
-    """`_move` for a locked order row read without the ORM (only to paid, for now)."""
-    applied = states.can_move(current, target)
-    refusal = None if applied else f"{current} -> {target} is not a forward move"
+def _record_paid(order_id: int, current: str, *, source: str, now) -> str | None:
+    """`_move` to paid for an order row locked and read without the ORM; sets paid_at."""
+    refused = states.refusal(current, states.PAID)
     fastsql.run(_INSERT_MOVE, {"order_id": order_id, "from_status": current,
-                               "to_status": target, "applied": applied,
-                               "reason": refusal or reason, "source": source[:255],
+                               "to_status": states.PAID, "applied": refused is None,
+                               "reason": refused or "payment succeeded", "source": source[:255],
                                "now": now})
-    if applied:
-        fastsql.run(_APPLY_PAID, {"order_id": order_id, "status": target, "now": now})
-    return refusal
+    if refused is None:
+        fastsql.run(_APPLY_PAID, {"order_id": order_id, "now": now})
+    return refused
 
 
 def record_payment_failure(
@@ -289,18 +286,20 @@ def _find_payment(provider: str, provider_payment_id: str) -> Payment | None:
 
 
 def _move(order: Order, target: str, *, source: str, reason: str) -> str | None:
-    """Apply a forward move, or record the refusal; return the refusal reason if refused."""
+    """Apply a forward move, or record the refusal; return the refusal reason if refused.
+
+    Not for the move to paid: `record_payment` makes it with `_record_paid`, which also
+    sets paid_at."""
     if order.status == target:
         return None
-    applied = states.can_move(order.status, target)
-    refusal = None if applied else f"{order.status} -> {target} is not a forward move"
+    refused = states.refusal(order.status, target)
     db.session.add(OrderStatusChange(
-        order_id=order.id, from_status=order.status, to_status=target, applied=applied,
-        reason=refusal or reason, source=source[:255],
+        order_id=order.id, from_status=order.status, to_status=target, applied=refused is None,
+        reason=refused or reason, source=source[:255],
     ))
-    if applied:
+    if refused is None:
         order.status = target
-    return refusal
+    return refused
 
 
 def _check_amount(amount_cents: int) -> None:

@@ -25,3 +25,8 @@ _ALLOWED = {
 def can_move(current: str, target: str) -> bool:
     """True when `current -> target` is a forward move (a move to itself is not)."""
     return target in _ALLOWED.get(current, set())
+
+
+def refusal(current: str, target: str) -> str | None:
+    """Why `current -> target` is refused, or None for a forward move."""
+    return None if can_move(current, target) else f"{current} -> {target} is not a forward move"

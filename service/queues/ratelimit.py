@@ -20,9 +20,11 @@ _RESERVE = """
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local earliest = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
-local ttl_ms = tonumber(ARGV[3])
+local now = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
 local slot = math.max(earliest, last + interval)
-redis.call('SET', KEYS[1], tostring(slot), 'PX', ttl_ms)
+-- Kept until well after the last reserved slot, however far ahead the backlog reaches.
+redis.call('SET', KEYS[1], tostring(slot), 'PX', math.ceil((slot - now + keep) * 1000))
 return tostring(slot)
 """
 
@@ -43,9 +45,9 @@ class RateLimiter:
         stats = self._limiter.get_window_stats(item, key)
         earliest = max(now, float(stats.reset_time))
         interval = item.get_expiry() / item.amount
-        ttl_ms = int((earliest - now + item.get_expiry() * 10) * 1000)
         slot = float(self._reserve(keys=[f"{self._prefix}:slots:{key}"],
-                                   args=[repr(earliest), repr(interval), ttl_ms]))
+                                   args=[repr(earliest), repr(interval), repr(now),
+                                         item.get_expiry()]))
         return max(0.05, slot - now)
 
     def state(self, key: str, rate: str) -> dict:

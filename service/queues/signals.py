@@ -10,13 +10,13 @@ import logging
 import socket
 import threading
 import time
+from datetime import timedelta
 
 from celery import signals
 from flask import Flask
 
 from service.counting import BufferedCounts
 from service.db_types import utcnow
-from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
 from service.queues.slowjobs import record_if_slow, threshold_for
 
@@ -27,7 +27,7 @@ FAILED_KEY = "racine:queue:failed:{queue}:{minute}"
 CONSUMERS_KEY = "racine:queue:consumers:{queue}"
 HEARTBEAT_SECONDS = 10
 
-_started: dict[str, tuple[float, object]] = {}
+_started: dict[str, float] = {}
 _announced: list[tuple[str, list[str]]] = []
 
 
@@ -41,29 +41,28 @@ def connect(app: Flask) -> None:
 
     @signals.task_prerun.connect(weak=False)
     def _start(task_id=None, **_kwargs):
-        _started[task_id] = (time.monotonic(), utcnow())
+        _started[task_id] = time.monotonic()
 
     @signals.task_postrun.connect(weak=False)
-    def _finish(task_id=None, task=None, args=None, kwargs=None, **_kwargs):
+    def _finish(task_id=None, task=None, args=None, kwargs=None, state=None, **_kwargs):
         began = _started.pop(task_id, None)
         if began is None or task is None:
             return
-        runtime = time.monotonic() - began[0]
+        runtime = time.monotonic() - began
         queue = _queue_of(task)
-        _count(client, DONE_KEY, queue)
+        if state not in ("RETRY", "IGNORED"):  # not retries, nor jobs a rate limit put back
+            _count(client, DONE_KEY, queue)
         if runtime <= threshold_for(task, app.config):
             return
         try:
             with app.app_context():
                 record_if_slow(task=task, task_id=task_id, queue=queue,
-                               worker=task.request.hostname, started_at=began[1],
+                               worker=task.request.hostname,
+                               started_at=utcnow() - timedelta(seconds=runtime),
                                runtime=runtime, args=args, kwargs=kwargs)
         except Exception as exc:
             log.warning("slow job not recorded", extra={"task": task.name,
                                                         "error": type(exc).__name__})
-        finally:
-            with app.app_context():
-                db.session.remove()
 
     @signals.task_failure.connect(weak=False)
     def _failed(sender=None, **_kwargs):
