@@ -21,7 +21,7 @@ event_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event", 
 _EXTRA_FIELDS = (
     "provider", "event_id", "event_pk", "event_type", "status", "outcome", "reason",
     "count", "duration_ms", "retries", "countdown", "task", "task_id", "path", "method",
-    "code", "queue", "error",
+    "code", "queue", "error", "host", "actor",
 )
 
 

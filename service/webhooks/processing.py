@@ -19,6 +19,7 @@ from datetime import timedelta
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import DateTime, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.alerts.services import raise_signal
 from service.db_types import utcnow
@@ -127,7 +128,8 @@ def classify(exc: BaseException) -> BaseException:
     if isinstance(exc, IntegrityError):
         # A concurrent insert of the same provider id: the next attempt finds the row.
         return TransientError("conflicting concurrent write")
-    if isinstance(exc, OperationalError | TimeoutError | ConnectionError | SoftTimeLimitExceeded):
+    if isinstance(exc, OperationalError | PoolTimeout | TimeoutError | ConnectionError
+                  | SoftTimeLimitExceeded):
         return TransientError(type(exc).__name__)
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return TransientError("database connection lost")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from flask import current_app
 from sqlalchemy import update
 
 from service.extensions import db
@@ -24,6 +27,12 @@ def send_event(event_pk: int, *, also_set: tuple[str, str, int] | None = None) -
 def publish_event(event_pk: int) -> bool:
     """Like `send_event`; False when the event was not sent."""
     return send_event(event_pk) == SENT
+
+
+def publish_lease(now: datetime) -> datetime:
+    """When a row marked `queued` at `now` becomes the relay's again if its message never
+    reached the broker (the process died, or the publish timed out, in between)."""
+    return now + timedelta(seconds=current_app.config["PUBLISH_GRACE_SECONDS"])
 
 
 def mark_unpublished(event_pk: int) -> None:

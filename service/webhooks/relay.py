@@ -23,7 +23,7 @@ from service.extensions import db
 from service.queues.depth import oldest_wait_seconds
 from service.queues.publishing import BROKER_DOWN, SENT, room
 from service.webhooks.models import EventStatus, WebhookEvent
-from service.webhooks.queueing import mark_unpublished, send_event
+from service.webhooks.queueing import mark_unpublished, publish_lease, send_event
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _requeue(event_pk: int, status: str, now, horizon) -> bool:
         .where(WebhookEvent.id == event_pk, WebhookEvent.status == status,
                outstanding_filter(now, horizon))
         .values(status=EventStatus.QUEUED, queued_at=now, lease_token=None,
-                lease_expires_at=None)
+                lease_expires_at=publish_lease(now))
     ).rowcount
     db.session.commit()
     return bool(changed)

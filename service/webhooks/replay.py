@@ -12,7 +12,7 @@ from sqlalchemy import select
 from service.db_types import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
-from service.webhooks.queueing import mark_unpublished, publish_event
+from service.webhooks.queueing import mark_unpublished, publish_event, publish_lease
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,22 @@ def retry_failures(failures: list[WebhookFailure], *, actor: str) -> Iterator[Re
     """
     for failure in failures:
         event = db.session.get(WebhookEvent, failure.event_pk, with_for_update=True)
-        if event is None or event.status in EventStatus.DONE or failure.resolved_at:
+        now = utcnow()
+        in_flight = event is not None and event.status == EventStatus.PROCESSING and \
+            event.lease_expires_at is not None and event.lease_expires_at > now
+        if event is None or event.status in EventStatus.DONE or failure.resolved_at or in_flight:
             db.session.rollback()
             yield RetryOutcome(failure.id, failure.event_pk, "skipped")
             continue
-        now = utcnow()
         failure.retry_count += 1
         failure.last_retry_at = now
         event.status = EventStatus.QUEUED
         event.queued_at = now
         event.lease_token = None
-        event.lease_expires_at = None
+        event.lease_expires_at = publish_lease(now)
         db.session.commit()
         log.info("manual retry", extra={"event_pk": event.id, "provider": event.provider,
-                                        "event_type": event.event_type, "outcome": actor})
+                                        "event_type": event.event_type, "actor": actor})
         if publish_event(event.id):
             yield RetryOutcome(failure.id, event.id, "enqueued")
         else:

@@ -7,6 +7,7 @@ import random
 
 from celery import shared_task
 from flask import current_app
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.logs import event_var
 from service.metrics import increment
@@ -47,7 +48,14 @@ def _process(task, event_pk: int) -> str:
 
 def _attempt(task, event_pk: int) -> str:
     lease = current_app.config["PROCESSING_LEASE_SECONDS"]
-    claimed = processing.claim(event_pk, lease_seconds=lease)
+    try:
+        claimed = processing.claim(event_pk, lease_seconds=lease)
+    except SQLAlchemyError as exc:
+        # The database is unreachable: retry this message, rather than let Celery ack a
+        # failed task and leave the event to the relay's slower sweep.
+        raise task.retry(exc=exc, countdown=backoff_delay(
+            task.request.retries, factor=task.retry_backoff, maximum=task.retry_backoff_max,
+            jitter=task.retry_jitter)) from None
     if claimed is None:
         log.info("event already handled or leased", extra={"event_pk": event_pk,
                                                            "outcome": "skipped"})

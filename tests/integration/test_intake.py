@@ -553,7 +553,14 @@ def test_event_committed_but_never_published_is_relayed_once_its_publish_lease_e
         orphan = db.session.scalar(select(WebhookEvent).where(WebhookEvent.event_id == "evt_orphan"))
         assert (report.found, report.enqueued) == (1, 1)
         assert webhook_messages(clean) == [{"task": "webhooks.process_event", "args": [orphan.id]}]
-        assert orphan.lease_expires_at is None and orphan.status == "queued"
+        # Relayed like an intake publish: queued, with a publish lease of its own, so a
+        # message lost again is found again.
+        grace = clean.config["PUBLISH_GRACE_SECONDS"]
+        assert orphan.status == "queued"
+        assert now + timedelta(seconds=grace - 5) < orphan.lease_expires_at \
+            <= utcnow() + timedelta(seconds=grace)
+        # While that lease runs, the next pass leaves the row alone.
+        assert relay_pending().found == 0
         db.session.remove()
 
 

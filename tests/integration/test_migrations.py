@@ -72,7 +72,6 @@ def test_migrations_upgrade_from_empty_without_drift_and_downgrade_on_sqlite(bui
         # they follow DATABASE_URL, not this override.
         "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"timeout": 30}},
     })
-    assert sqlite_app.extensions["sqlalchemy"] is db
     with sqlite_app.app_context():
         assert db.engine.dialect.name == "sqlite"
 

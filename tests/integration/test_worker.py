@@ -305,9 +305,6 @@ def test_refund_before_payment_leaves_order_refunded_never_paid(worker, client, 
                    "WHERE order_id = :o ORDER BY id", o=order_id)
     moves = [(c["from_status"], c["to_status"], c["applied"]) for c in changes]
     assert moves == [("pending", "refunded", True), ("refunded", "paid", False)]
-    refunded_at = next(c["id"] for c in changes if c["to_status"] == "refunded" and c["applied"])
-    assert not [c for c in changes if c["to_status"] == "paid" and c["applied"]
-                and c["id"] > refunded_at]
     assert scalar("SELECT count(*) FROM webhook_events") == 2
 
 
