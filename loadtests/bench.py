@@ -40,7 +40,8 @@ from loadtests.stack import BIN, ROOT, Stack, free_port, say
 
 REPORTS = ROOT / "loadtests" / "reports"
 LUA = ROOT / "loadtests" / "wrk_requests.lua"
-SECRET = "whsec_racine_dev_secret"
+# The first secret the service accepts (the stack passes this environment on to it).
+SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_racine_dev_secret").split(",")[0].strip()
 TARGETS = {
     "intake_ratio": 0.25,
     "worker_ratio": 0.5,

@@ -18,7 +18,8 @@ import time
 from loadtests import signing
 from loadtests.stack import Stack, say
 
-SECRET = "whsec_racine_dev_secret"
+# The first secret the service accepts (the stack passes this environment on to it).
+SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_racine_dev_secret").split(",")[0].strip()
 
 
 def main(argv=None) -> int:

