@@ -36,9 +36,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         configure_sqlite(db.engine)
         if db.engine.dialect.name != "sqlite":
             ping_when_idle(db.engine, app.config["DB_PING_IDLE_SECONDS"])
+    # Intake publishes through this client (queues.publishing): an unreachable broker must
+    # cost a request no more than BROKER_PUBLISH_TIMEOUT_SECONDS.
+    publish_timeout = app.config["BROKER_PUBLISH_TIMEOUT_SECONDS"]
     app.extensions["redis"] = redis.Redis.from_url(
-        app.config["REDIS_URL"], socket_timeout=1.0, socket_connect_timeout=1.0,
-        health_check_interval=30,
+        app.config["REDIS_URL"], socket_timeout=publish_timeout,
+        socket_connect_timeout=publish_timeout, health_check_interval=30,
     )
     celery_init_app(app)
     _install_request_id(app)

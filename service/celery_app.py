@@ -57,8 +57,8 @@ def celery_init_app(app: Flask) -> Celery:
         worker_prefetch_multiplier=cfg.get("CELERY_PREFETCH_MULTIPLIER", 4),
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        # Publishing must fail fast when the broker is down: the event is already stored
-        # and the relay will enqueue it, so the request should not wait on retries.
+        # Celery's own publishes (retries, beat) fail fast when the broker is down: what
+        # they carry is in the database and the relays send it again.
         task_publish_retry=False,
         broker_transport_options={
             "visibility_timeout": cfg.get("BROKER_VISIBILITY_TIMEOUT", 3600),
