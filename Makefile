@@ -10,7 +10,7 @@
 #   make lint    ruff only
 #   make venv    create .venv and install the project with its test extras
 #
-# Needs only Python 3.11+ (and, on a bare Debian, root to apt-get what is missing).
+# Needs make and Python 3.11+ (and, on a bare Debian, root to apt-get what is missing).
 
 PYTHON ?= python3
 VENV ?= .venv
