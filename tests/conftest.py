@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from loadtests.stack import claim_redis_db
 
@@ -111,8 +112,18 @@ def clean(app):
         tables = ", ".join(
             f'"{t.name}"' for t in db.metadata.sorted_tables
         )
-        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        db.session.commit()
+        # A module's live worker and beat (relays every second) may hold row locks the
+        # TRUNCATE needs; PostgreSQL then breaks the deadlock by failing one side, and
+        # when that is the TRUNCATE it is simply run again.
+        for attempt in range(5):
+            try:
+                db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+                db.session.commit()
+                break
+            except OperationalError as exc:
+                db.session.rollback()
+                if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
+                    raise
         db.session.remove()
     app.extensions["redis"].flushdb()
     yield app
