@@ -43,18 +43,21 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config["REDIS_URL"], socket_timeout=publish_timeout,
         socket_connect_timeout=publish_timeout, health_check_interval=30,
     )
-    celery_init_app(app)
     _install_request_id(app)
 
-    from service import admin, alerts, health, metrics, orders, queues, webhooks
+    from service import admin, alerts, erp, health, metrics, orders, queues, webhooks
 
+    # Each domain registers its blueprints, CLI, tables, queue, routes and beat entries;
+    # queues are listed (queue health, metrics) in the order their domains come here.
     health.init_app(app)
     metrics.init_app(app)
     alerts.init_app(app)
-    queues.init_app(app)
-    orders.init_app(app)
     webhooks.init_app(app)
+    orders.init_app(app)
+    erp.init_app(app)
+    queues.init_app(app)
     admin.init_app(app)
+    celery_init_app(app)
     return app
 
 

@@ -1,6 +1,13 @@
-"""The Celery app, built from the Flask app's configuration."""
+"""The Celery app, built from the Flask app's configuration and what the domains register.
+
+Each domain's `init_app` calls `register` with its queue, task routes, per-task options
+and beat entries; `create_app` builds the Celery app once every domain has registered.
+Nothing here names a domain.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
@@ -8,7 +15,41 @@ from flask import Flask
 
 from service.extensions import db
 
-QUEUES = ("webhooks", "orders", "erp", "default")
+_REGISTRY = "racine.celery_registry"
+
+
+@dataclass
+class CeleryRegistry:
+    """What the domains asked of Celery, in the order they asked it."""
+
+    queues: list[str] = field(default_factory=list)
+    routes: dict[str, dict] = field(default_factory=dict)
+    annotations: dict[str, dict] = field(default_factory=dict)
+    beat: dict[str, dict] = field(default_factory=dict)
+
+
+def register(app: Flask, *, queue: str | None = None, routes: dict[str, str] | None = None,
+             annotations: dict[str, dict] | None = None, beat: dict[str, dict] | None = None
+             ) -> None:
+    """Declare a domain's queue, its task routes (`pattern -> queue`), per-task options
+    (time limits, retries) and beat entries. Call from the domain's `init_app`."""
+    registry = app.extensions.setdefault(_REGISTRY, CeleryRegistry())
+    if queue is not None and queue not in registry.queues:
+        registry.queues.append(queue)
+    for pattern, target in (routes or {}).items():
+        registry.routes[pattern] = {"queue": target}
+    for task_name, options in (annotations or {}).items():
+        registry.annotations.setdefault(task_name, {}).update(options)
+    for entry, spec in (beat or {}).items():
+        if entry in registry.beat:
+            raise ValueError(f"beat entry {entry!r} registered twice")
+        registry.beat[entry] = spec
+
+
+def queues(app: Flask) -> tuple[str, ...]:
+    """Every queue the domains declared, in declaration order."""
+    registry = app.extensions.get(_REGISTRY)
+    return tuple(registry.queues) if registry else ()
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -24,34 +65,17 @@ def celery_init_app(app: Flask) -> Celery:
                     db.session.remove()
 
     cfg = app.config
+    registry = app.extensions.setdefault(_REGISTRY, CeleryRegistry())
     celery = Celery(app.import_name, task_cls=FlaskTask)
     celery.conf.update(
         broker_url=cfg["REDIS_URL"],
         result_backend=None,
         task_ignore_result=True,
         task_default_queue="default",
-        task_routes={
-            "webhooks.process_event": {"queue": "webhooks"},
-            "webhooks.*": {"queue": "default"},
-            "orders.*": {"queue": "orders"},
-            "erp.*": {"queue": "erp"},
-            "queues.*": {"queue": "default"},
-        },
+        task_routes=dict(registry.routes),
         task_soft_time_limit=cfg["DEFAULT_SOFT_TIME_LIMIT"],
         task_time_limit=cfg["DEFAULT_TIME_LIMIT"],
-        task_annotations=[
-            {name: {"soft_time_limit": cfg["ORDERS_SOFT_TIME_LIMIT"],
-                    "time_limit": cfg["ORDERS_TIME_LIMIT"]}
-             for name in ("orders.fulfil", "orders.send_confirmation")},
-            {"webhooks.process_event": {
-                "max_retries": cfg["WEBHOOK_MAX_RETRIES"],
-                "retry_backoff": cfg["WEBHOOK_RETRY_BACKOFF"],
-                "retry_backoff_max": cfg["WEBHOOK_RETRY_BACKOFF_MAX"],
-                "retry_jitter": cfg["WEBHOOK_RETRY_JITTER"],
-                "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
-                "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
-            }},
-        ],
+        task_annotations=[dict(registry.annotations)],
         task_serializer="json",
         accept_content=["json"],
         worker_prefetch_multiplier=cfg.get("CELERY_PREFETCH_MULTIPLIER", 4),
@@ -67,18 +91,7 @@ def celery_init_app(app: Flask) -> Celery:
             "max_retries": 0,
         },
         broker_pool_limit=cfg.get("BROKER_POOL_LIMIT", 10),
-        beat_schedule={
-            "webhooks-relay": {
-                "task": "webhooks.relay_pending",
-                "schedule": cfg["RELAY_INTERVAL_SECONDS"],
-                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
-            },
-            "outbox-relay": {
-                "task": "queues.relay_outbox",
-                "schedule": cfg["RELAY_INTERVAL_SECONDS"],
-                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
-            },
-        },
+        beat_schedule=dict(registry.beat),
         timezone="UTC",
     )
     celery.conf.update(cfg.get("CELERY", {}))

@@ -2,6 +2,8 @@
 
 from flask import Flask
 
+from service.celery_app import register
+
 
 def init_app(app: Flask) -> None:
     from service.orders import models, tasks  # noqa: F401  (tables and tasks)
@@ -11,3 +13,7 @@ def init_app(app: Flask) -> None:
     url = app.config["ORDER_NOTIFY_URL"]
     app.extensions["order_notifier"] = HttpNotifier(url=url) if url else LogNotifier()
     app.cli.add_command(demo_cli)
+    limits = {"soft_time_limit": app.config["ORDERS_SOFT_TIME_LIMIT"],
+              "time_limit": app.config["ORDERS_TIME_LIMIT"]}
+    register(app, queue="orders", routes={"orders.*": "orders"},
+             annotations={"orders.fulfil": limits, "orders.send_confirmation": limits})

@@ -13,7 +13,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import func, select
 
-from service.celery_app import QUEUES
+from service.celery_app import queues
 from service.db_types import utcnow
 from service.extensions import db
 from service.queues.depth import depths, oldest_wait_seconds
@@ -49,10 +49,10 @@ def queue_health() -> dict:
     now = time.time()
     minute = int(now // 60)
     hour_ago = utcnow() - timedelta(hours=1)
-    queue_depths = depths(client, QUEUES)
+    queue_depths = depths(client, queues(current_app))
 
     pipe = client.pipeline(transaction=False)
-    for name in QUEUES:
+    for name in queues(current_app):
         for m in range(minute - 4, minute + 1):
             pipe.get(DONE_KEY.format(queue=name, minute=m))
         for m in range(minute - 59, minute + 1):
@@ -70,7 +70,7 @@ def queue_health() -> dict:
 
     reports = []
     per_queue = 5 + 60 + 1
-    for index, name in enumerate(QUEUES):
+    for index, name in enumerate(queues(current_app)):
         chunk = raw[index * per_queue:(index + 1) * per_queue]
         done = sum(int(v or 0) for v in chunk[:5])
         failed = sum(int(v or 0) for v in chunk[5:65])

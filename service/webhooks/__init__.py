@@ -4,6 +4,8 @@ import importlib
 
 from flask import Flask
 
+from service.celery_app import register
+
 
 def init_app(app: Flask) -> None:
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
@@ -33,3 +35,20 @@ def init_app(app: Flask) -> None:
     )
     app.register_blueprint(bp)
     app.cli.add_command(cli)
+    register(
+        app, queue="webhooks",
+        routes={"webhooks.process_event": "webhooks", "webhooks.*": "default"},
+        annotations={"webhooks.process_event": {
+            "max_retries": cfg["WEBHOOK_MAX_RETRIES"],
+            "retry_backoff": cfg["WEBHOOK_RETRY_BACKOFF"],
+            "retry_backoff_max": cfg["WEBHOOK_RETRY_BACKOFF_MAX"],
+            "retry_jitter": cfg["WEBHOOK_RETRY_JITTER"],
+            "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
+            "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
+        }},
+        beat={"webhooks-relay": {
+            "task": "webhooks.relay_pending",
+            "schedule": cfg["RELAY_INTERVAL_SECONDS"],
+            "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
+        }},
+    )

@@ -1,0 +1,9 @@
+"""Stock synchronisation with the ERP, on its own pausable `erp` queue."""
+
+from flask import Flask
+
+from service.celery_app import register
+
+
+def init_app(app: Flask) -> None:
+    register(app, queue="erp", routes={"erp.*": "erp"})
