@@ -134,11 +134,79 @@ def load_settings(instance_path: str) -> dict:
         "QUEUE_DEPTH_MAX": _env_int("QUEUE_DEPTH_MAX", 2000),
         "QUEUE_PUBLISH_HEADROOM": _env_int("QUEUE_PUBLISH_HEADROOM", 50),
         "ORDERS_RATE_LIMIT": _env_str("ORDERS_RATE_LIMIT", "100/minute"),
+        **_alert_settings(),
+        "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),
+        "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or None,
+    }
+
+
+# Escalation policy (service/alerts). Per-severity settings read "P0=300,P1=900,...";
+# a severity left out keeps its default.
+_SEVERITIES = ("P0", "P1", "P2", "P3")
+
+
+def _env_severity_seconds(name: str, default: str) -> dict[str, float]:
+    values = {}
+    for source in (default, _env_str(name, "")):
+        for part in (p.strip() for p in source.split(",") if p.strip()):
+            key, sep, value = part.partition("=")
+            key = key.strip().upper()
+            try:
+                seconds = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or key not in _SEVERITIES or seconds < 0:
+                raise ValueError(f"{name} entries look like P1=900 (severity P0..P3, seconds "
+                                 f">= 0), got {part!r}")
+            values[key] = seconds
+    return values
+
+
+def _env_contact_levels(name: str) -> list[list[str]]:
+    """Escalation contact lists: levels separated by ';', contacts within one by ','."""
+    return [[c.strip() for c in level.split(",") if c.strip()]
+            for level in _env_str(name, "").split(";") if level.strip()]
+
+
+def _alert_settings() -> dict:
+    return {
+        # Channels, as apprise URLs (slack://..., mailtos://...?from=..., twilio://...).
         "ALERT_SLACK_URL": os.environ.get("ALERT_SLACK_URL") or None,
         "ALERT_EMAIL_URL": os.environ.get("ALERT_EMAIL_URL") or None,
         "ALERT_SMS_URL": os.environ.get("ALERT_SMS_URL") or None,
-        "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),
-        "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or None,
+        # Who is told first, per severity: e-mail addresses, +phone numbers, @slack handles.
+        "ALERT_RECIPIENTS": {sev: _env_list(f"ALERT_RECIPIENTS_{sev}", "") for sev in _SEVERITIES},
+        # Who is told next when an incident stays unacknowledged past its response time.
+        "ALERT_ESCALATION_CONTACTS": _env_contact_levels("ALERT_ESCALATION_CONTACTS"),
+        # Shown in messages as where to acknowledge (the admin API's base URL).
+        "ALERT_ADMIN_URL": _env_str("ALERT_ADMIN_URL", "").rstrip("/") or None,
+        # 0 turns the beat entry off (evaluate with `flask alerts evaluate`).
+        "ALERT_EVALUATE_INTERVAL_SECONDS": _env_float("ALERT_EVALUATE_INTERVAL_SECONDS", 60.0),
+        # Rule thresholds.
+        "ALERT_PAYMENT_STALL_SECONDS": _env_int("ALERT_PAYMENT_STALL_SECONDS", 300),
+        "ALERT_FAILED_STREAK": _env_int("ALERT_FAILED_STREAK", 5),
+        "ALERT_INTAKE_503_SECONDS": _env_int("ALERT_INTAKE_503_SECONDS", 60),
+        "ALERT_INTAKE_503_GAP_SECONDS": _env_int("ALERT_INTAKE_503_GAP_SECONDS", 120),
+        "ALERT_FAILURES_PER_HOUR": _env_int("ALERT_FAILURES_PER_HOUR", 10),
+        "ALERT_SUCCESS_TARGET": _env_float("ALERT_SUCCESS_TARGET", 0.999),
+        "ALERT_SUCCESS_MIN_VOLUME": _env_int("ALERT_SUCCESS_MIN_VOLUME", 100),
+        "ALERT_QUEUE_AGE_SECONDS": _env_int("ALERT_QUEUE_AGE_SECONDS", 600),
+        "ALERT_SIGNAL_WINDOW_SECONDS": _env_int("ALERT_SIGNAL_WINDOW_SECONDS", 3600),
+        # Damping, response, repetition.
+        "ALERT_HOLD_SECONDS": _env_severity_seconds("ALERT_HOLD_SECONDS", "P0=0,P1=60,P2=120,P3=0"),
+        "ALERT_CLEAR_SECONDS": _env_severity_seconds("ALERT_CLEAR_SECONDS",
+                                                     "P0=300,P1=300,P2=300,P3=0"),
+        "ALERT_RESPONSE_SECONDS": _env_severity_seconds("ALERT_RESPONSE_SECONDS",
+                                                        "P0=300,P1=900,P2=3600"),
+        "ALERT_REPEAT_SECONDS": _env_severity_seconds("ALERT_REPEAT_SECONDS",
+                                                      "P0=900,P1=3600,P2=14400"),
+        # Sending: attempts per message and recipient, and the backoff between them.
+        "ALERT_SEND_MAX_ATTEMPTS": _env_int("ALERT_SEND_MAX_ATTEMPTS", 6),
+        "ALERT_SEND_BACKOFF_SECONDS": _env_float("ALERT_SEND_BACKOFF_SECONDS", 30.0),
+        "ALERT_SEND_BACKOFF_MAX_SECONDS": _env_float("ALERT_SEND_BACKOFF_MAX_SECONDS", 900.0),
+        "ALERT_SEND_LEASE_SECONDS": _env_int("ALERT_SEND_LEASE_SECONDS", 300),
+        # The report's goals.
+        "ALERT_MTTR_GOAL_SECONDS": _env_severity_seconds("ALERT_MTTR_GOAL_SECONDS", "P1=1800"),
     }
 
 

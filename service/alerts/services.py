@@ -1,13 +1,33 @@
-"""Raising signals: the one entry point other domains use to report a symptom."""
+"""The escalation policy's entry points for other domains and for responders.
+
+- `raise_signal`: any domain reports a symptom, in its own transaction.
+- `note_intake_unavailable`: the intake reports a 503 (the database could not store an
+  event); kept in Redis, since the database is what failed.
+- `acknowledge` and `resolve`: the one place each responder action happens, whether it
+  comes from the CLI, the admin API or the evaluation itself.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from service.alerts.models import AlertSignal
+import redis
+from sqlalchemy import select
+
+from service.alerts.exceptions import IncidentNotFound, InvalidTransition
+from service.alerts.models import SEVERITIES, AlertSignal, Incident, IncidentStatus
+from service.db_types import utcnow
 from service.extensions import db
 
-SEVERITIES = ("P0", "P1", "P2", "P3")
+log = logging.getLogger(__name__)
+
+INTAKE_503_KEY = "racine:alerts:intake_503"
+MAX_REASON = 500
+MAX_ACTOR = 128
 
 
 def raise_signal(*, severity: str, kind: str, source: str, details: dict | None = None) -> AlertSignal:
@@ -18,3 +38,107 @@ def raise_signal(*, severity: str, kind: str, source: str, details: dict | None 
                          details=json.dumps(details or {}, default=str, sort_keys=True))
     db.session.add(signal)
     return signal
+
+
+def note_intake_unavailable(client: redis.Redis, *, gap_seconds: int) -> None:
+    """Count a 503 from the intake: the first and last time of the current run of them.
+
+    The run ends by itself when no 503 comes for `gap_seconds` (the hash expires). One
+    round trip; never raises, since the caller is already answering an error.
+    """
+    now = repr(time.time())
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.hsetnx(INTAKE_503_KEY, "first", now)
+        pipe.hset(INTAKE_503_KEY, "last", now)
+        pipe.hincrby(INTAKE_503_KEY, "count", 1)
+        pipe.expire(INTAKE_503_KEY, gap_seconds)
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("could not note an intake 503 in Redis")
+
+
+@dataclass(frozen=True)
+class Unavailability:
+    first: datetime
+    last: datetime
+    count: int
+
+
+def intake_unavailability(client: redis.Redis) -> Unavailability | None:
+    """The current run of intake 503s, or None; raises redis.RedisError."""
+    raw = client.hgetall(INTAKE_503_KEY)
+    if not raw or b"first" not in raw or b"last" not in raw:
+        return None
+    return Unavailability(first=_naive_utc(float(raw[b"first"])),
+                          last=_naive_utc(float(raw[b"last"])),
+                          count=int(raw.get(b"count", 0)))
+
+
+def _naive_utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
+
+
+def _incident_for_update(incident_id: int) -> Incident:
+    incident = db.session.scalar(select(Incident).where(Incident.id == incident_id)
+                                 .with_for_update())
+    if incident is None:
+        raise IncidentNotFound(f"no incident with id {incident_id}")
+    return incident
+
+
+def _clean(actor: str, reason: str | None) -> tuple[str, str | None]:
+    actor = (actor or "").strip()
+    if not actor:
+        raise ValueError("an actor is required")
+    reason = (reason or "").strip() or None
+    return actor[:MAX_ACTOR], None if reason is None else reason[:MAX_REASON]
+
+
+def acknowledge(incident_id: int, *, actor: str, reason: str | None = None,
+                now: datetime | None = None) -> tuple[Incident, bool]:
+    """Acknowledge an incident: stops its repeats and escalation. The caller commits.
+
+    Returns the incident and whether it changed (acknowledging twice changes nothing);
+    raises InvalidTransition for a resolved incident.
+    """
+    actor, reason = _clean(actor, reason)
+    incident = _incident_for_update(incident_id)
+    if incident.status == IncidentStatus.RESOLVED:
+        raise InvalidTransition(f"incident {incident_id} is already resolved")
+    if incident.status == IncidentStatus.ACKNOWLEDGED:
+        return incident, False
+    # The audit service records this change here, in the same transaction, once it exists.
+    incident.status = IncidentStatus.ACKNOWLEDGED
+    incident.acknowledged_at = now or utcnow()
+    incident.acknowledged_by = actor
+    incident.acknowledge_reason = reason
+    log.info("incident acknowledged", extra={"incident_id": incident.id, "actor": actor,
+                                             "severity": incident.severity})
+    return incident, True
+
+
+def resolve(incident_id: int, *, actor: str, reason: str | None = None,
+            now: datetime | None = None, notify: bool = True) -> tuple[Incident, bool]:
+    """Resolve an incident (by hand, or by the evaluation when its condition cleared) and
+    queue its resolved notice. The caller commits.
+
+    Returns the incident and whether it changed (resolving twice changes nothing).
+    """
+    from service.alerts.notify import notify_incident
+
+    actor, reason = _clean(actor, reason)
+    incident = _incident_for_update(incident_id)
+    if incident.status == IncidentStatus.RESOLVED:
+        return incident, False
+    # The audit service records this change here, in the same transaction, once it exists.
+    now = now or utcnow()
+    incident.status = IncidentStatus.RESOLVED
+    incident.resolved_at = now
+    incident.resolved_by = actor
+    incident.resolve_reason = reason
+    if notify:
+        notify_incident(incident, kind="resolved", now=now)
+    log.info("incident resolved", extra={"incident_id": incident.id, "actor": actor,
+                                         "severity": incident.severity})
+    return incident, True

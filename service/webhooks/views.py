@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from service.alerts.services import note_intake_unavailable
 from service.metrics import increment
 from service.webhooks.exceptions import RejectedDelivery, StorageUnavailable
 from service.webhooks.intake import accept_event
@@ -46,6 +47,9 @@ def receive(provider: str):
         log.error("event not stored: database unavailable",
                   extra={"provider": provider, "event_id": event.event_id, "error": str(exc)})
         increment(DELIVERIES, provider=provider, outcome="storage_unavailable")
+        # The escalation policy's P0 "intake answering 503" reads this run from Redis.
+        note_intake_unavailable(current_app.extensions["redis"],
+                                gap_seconds=current_app.config["ALERT_INTAKE_503_GAP_SECONDS"])
         response = _error(503, "storage_unavailable", "event not stored; deliver again")
         response.headers["Retry-After"] = "30"
         return response
