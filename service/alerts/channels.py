@@ -100,10 +100,10 @@ _TARGETING = {EMAIL: _with_email_recipient, SMS: _with_path_target}
 
 # What may be stored of a channel's error text: no addresses, numbers, URLs or tokens.
 _REDACTIONS = (
+    (re.compile(r"^\S+ \S+ - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ", re.M), ""),
     (re.compile(r"[a-z][a-z0-9+.\-]*://\S+", re.I), "<url>"),
     (re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+"), "<address>"),
     (re.compile(r"\+?\d[\d\s\-]{6,}\d"), "<number>"),
-    (re.compile(r"^\S+ \S+ - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ", re.M), ""),
 )
 
 

@@ -110,7 +110,7 @@ def evaluate(*, now: datetime | None = None) -> EvaluationReport:
             _apply(rule, findings, now=now, config=config, report=report,
                    resolved_at=resolved_at)
         _escalate_and_repeat(now=now, config=config, report=report)
-        report.signals_consumed = _fold_signals(rules, now=now)
+        report.signals_consumed = _fold_signals(rules, now=now, config=config)
         report.deliveries_requeued = requeue_stalled()
         report.active = dict(db.session.execute(
             select(Incident.severity, func.count()).where(Incident.status.in_(IncidentStatus.ACTIVE))
@@ -227,24 +227,30 @@ def _escalate_and_repeat(*, now: datetime, config, report: EvaluationReport) -> 
             report.repeated.append(incident.id)
 
 
-def _fold_signals(rules, *, now: datetime) -> int:
-    """Mark signals raised up to `now` consumed, each linked to its rule's active incident."""
+def _fold_signals(rules, *, now: datetime, config) -> int:
+    """Mark signals raised up to `now` consumed, and link each signal of the last hour (or
+    signal window) to its rule's active incident if it came after the condition began;
+    returns how many were consumed now."""
+    window = max(config["ALERT_SIGNAL_WINDOW_SECONDS"], 3600)
     signals = db.session.scalars(
-        select(AlertSignal).where(AlertSignal.consumed_at.is_(None), AlertSignal.created_at <= now)
+        select(AlertSignal).where(AlertSignal.incident_id.is_(None), AlertSignal.created_at <= now,
+                                  (AlertSignal.consumed_at.is_(None))
+                                  | (AlertSignal.created_at > now - timedelta(seconds=window)))
         .order_by(AlertSignal.id).with_for_update(skip_locked=True)).all()
-    if not signals:
-        return 0
     by_kind = {kind: rule for rule in rules for kind in rule.signal_kinds}
     catch_all = next((r for r in rules if getattr(r, "catch_all_signals", False)), None)
     active = {i.key: i for i in db.session.scalars(
         select(Incident).where(Incident.status.in_(IncidentStatus.ACTIVE)))}
+    consumed = 0
     for signal in signals:
-        signal.consumed_at = now
+        if signal.consumed_at is None:
+            signal.consumed_at = now
+            consumed += 1
         rule = by_kind.get(signal.kind, catch_all)
         if rule is None:
             continue
         incident = active.get(key_for(rule.name, rule.signal_subject(signal)))
-        if incident is not None:
+        if incident is not None and signal.created_at >= incident.condition_since:
             signal.incident_id = incident.id
             incident.signal_count += 1
-    return len(signals)
+    return consumed

@@ -69,7 +69,7 @@ class ProviderProxy:
             def log_message(self, *_args):
                 pass
 
-            def do_CONNECT(self):  # noqa: N802  (http.server's naming)
+            def do_CONNECT(self):
                 host = self.path.split(":", 1)[0]
                 if host not in PROVIDER_HOSTS:
                     self.send_error(403, "only the provider hosts are stood in for")
@@ -133,7 +133,7 @@ class _ProviderHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *_args):
         pass
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         received = Received(self.provider_host, "POST", self.path, dict(self.headers), body)
@@ -196,7 +196,7 @@ class _Keep:
     def __init__(self, sink: list):
         self._sink = sink
 
-    async def handle_DATA(self, _server, _session, envelope):  # noqa: N802  (aiosmtpd's naming)
+    async def handle_DATA(self, _server, _session, envelope):
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self._sink.append((list(envelope.rcpt_tos), message))
         return "250 Message accepted for delivery"
