@@ -8,8 +8,9 @@ For every key a rule reports (rule + subject):
 - no longer reported: the condition is clear; the incident resolves by itself, with a
   resolved notice, once it has stayed clear for ALERT_CLEAR_SECONDS; a condition that
   comes back before that keeps the same incident (flap damping in both directions).
-Then, for unacknowledged incidents: past the severity's response time, escalation to the
-next contact list; else, past its repeat interval, a repeat notice. Signals raised since
+Then, for unacknowledged incidents whose condition still holds: past the severity's
+response time, escalation to the next contact list; else, past its repeat interval, a
+repeat notice. Signals raised since
 the last evaluation are marked consumed and linked to the incident they belong to.
 
 The whole evaluation is one transaction, serialised across processes (an advisory lock
@@ -209,7 +210,8 @@ def _escalate_and_repeat(*, now: datetime, config, report: EvaluationReport) -> 
                                Incident.severity.in_(("P0", "P1", "P2")))
         .order_by(Incident.id).with_for_update()).all()
     for incident in unacknowledged:
-        if incident.id in report.opened:
+        if incident.id in report.opened or incident.cleared_at is not None:
+            # Just opened, or its condition is clear and it is about to resolve.
             continue
         response = config["ALERT_RESPONSE_SECONDS"].get(incident.severity)
         waiting_since = incident.escalated_at or incident.opened_at
