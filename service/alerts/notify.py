@@ -198,8 +198,12 @@ class Outcome:
     error: str | None = None
 
 
-def deliver(delivery_id: int, *, channels: dict[str, Channel] | None = None) -> Outcome:
-    """Send one delivery, if it is due and no other worker holds it, and record the attempt."""
+def deliver(delivery_id: int, *, channels: dict[str, Channel] | None = None,
+            retry: bool = True) -> Outcome:
+    """Send one delivery, if it is due and no other worker holds it, and record the attempt.
+
+    A failed send is retried later through the outbox unless `retry` is false (a test
+    notice is a question about the channels now)."""
     config = current_app.config
     channels = current_app.extensions["alert_channels"] if channels is None else channels
     now = utcnow()
@@ -230,7 +234,7 @@ def deliver(delivery_id: int, *, channels: dict[str, Channel] | None = None) -> 
     except Exception as exc:  # a library bug or an unexpected error is a failed attempt too
         error = f"{channel_name}: {type(exc).__name__}"
     return _record(delivery_id, attempt=attempt, started=started, error=error,
-                   channel=channel_name, notification_id=notification_id)
+                   channel=channel_name, notification_id=notification_id, retry=retry)
 
 
 def backoff_seconds(attempt: int, config) -> float:
@@ -240,7 +244,7 @@ def backoff_seconds(attempt: int, config) -> float:
 
 
 def _record(delivery_id: int, *, attempt: int, started: datetime, error: str | None,
-            channel: str, notification_id: int) -> Outcome:
+            channel: str, notification_id: int, retry: bool) -> Outcome:
     config = current_app.config
     finished = utcnow()
     db.session.add(AlertDeliveryAttempt(delivery_id=delivery_id, attempt=attempt,
@@ -250,7 +254,7 @@ def _record(delivery_id: int, *, attempt: int, started: datetime, error: str | N
     if error is None:
         status = DeliveryStatus.SENT
         values.update(status=status, sent_at=finished)
-    elif attempt < config["ALERT_SEND_MAX_ATTEMPTS"]:
+    elif retry and attempt < config["ALERT_SEND_MAX_ATTEMPTS"]:
         status = DeliveryStatus.RETRYING
         due = finished + timedelta(seconds=backoff_seconds(attempt, config))
         values.update(status=status, next_attempt_at=due)

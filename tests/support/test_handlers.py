@@ -14,7 +14,7 @@ import redis
 from flask import current_app
 
 from service.orders import services as orders
-from service.webhooks.exceptions import TransientError
+from service.webhooks.exceptions import PermanentError, TransientError
 from service.webhooks.handlers import handles
 
 
@@ -48,3 +48,9 @@ def slow(event: dict, source: str):
     _redis().rpush(f"test:started:{event['id']}", repr(time.time()))
     time.sleep(float(obj.get("sleep", 5)))
     return _pay(obj, source)
+
+
+@handles("stripe", "test.broken")
+def broken(event: dict, source: str):
+    """Always fail permanently: a payment event the service cannot apply."""
+    raise PermanentError("simulated permanent failure")
