@@ -218,3 +218,30 @@ def test_flask_alerts_test_sends_through_the_real_channels_and_says_how_each_wen
     assert failed.exit_code == 1
     assert "email" in failed.output and "failed" in failed.output
     assert [r.form()["To"] for r in proxy.requests_to(TWILIO_HOST)] == [DEVOPS_PHONE, CTO_PHONE]
+
+
+def test_with_the_database_unreachable_the_beat_task_pages_p0_directly_once_per_interval(
+        policy, receivers, build_app, monkeypatch):
+    from service.alerts import tasks
+
+    proxy, smtp = receivers
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
+    dead = build_app({"SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"})
+    body, _ = stripe_event("payment_intent.succeeded", {"id": "pi_1"})
+    assert dead.test_client().post("/webhooks/stripe", data=body,
+                                   headers=stripe_headers(body)).status_code == 503
+
+    with dead.app_context():
+        first = tasks.evaluate.run()
+        second = tasks.evaluate.run()
+
+    assert first == {"paged": True, "sent": ["slack", "email", "email", "sms", "sms"], "failed": []}
+    assert second["paged"] is False
+    (posted,) = proxy.requests_to(SLACK_HOST)
+    attachment = posted.json()["attachments"][0]
+    assert attachment["title"].startswith("[P0] Database unreachable")
+    assert "intake answered 503 to 1 deliveries" in attachment["text"]
+    assert "flask runbook run payment_processing_failure" in attachment["text"]
+    assert len(_emails_to(smtp, CTO)) == 1
+    assert sorted(r.form()["To"] for r in proxy.requests_to(TWILIO_HOST)) == [DEVOPS_PHONE, CTO_PHONE]
