@@ -15,6 +15,7 @@ turned into incidents of their own by `SignalRule` (severity and kind from the s
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,20 +41,27 @@ LOOP_RUNBOOK = "webhook_loop_detected"
 QUEUE_RUNBOOK = "queue_overload"
 STOCK_RUNBOOK = "stock_sync_failure"
 
-# Signal kinds other domains raise, and the runbook for each; a kind not listed here
-# gets an incident without a runbook.
+# Signal kinds other domains raise, and the runbook for each. A signal may also name its
+# runbook in its details ("runbook"); a kind with neither gets an incident without one.
 SIGNAL_RUNBOOKS = {
-    "underpayment": PAYMENT_RUNBOOK,
-    "currency_mismatch": PAYMENT_RUNBOOK,
-    "overpayment": PAYMENT_RUNBOOK,
-    "livemode_mismatch": PAYMENT_RUNBOOK,
+    "payment_underpaid": PAYMENT_RUNBOOK,
+    "payment_currency_mismatch": PAYMENT_RUNBOOK,
+    "payment_overpaid": PAYMENT_RUNBOOK,
     "refund_currency_mismatch": PAYMENT_RUNBOOK,
-    "refund_mismatch": PAYMENT_RUNBOOK,
+    "refund_exceeds_capture": PAYMENT_RUNBOOK,
+    "livemode_mismatch": PAYMENT_RUNBOOK,
     "webhook_loop": LOOP_RUNBOOK,
     "duplicate_storm": LOOP_RUNBOOK,
-    "erp_sync_failure": STOCK_RUNBOOK,
-    "stock_sync_failure": STOCK_RUNBOOK,
+    "erp_sync_failed": STOCK_RUNBOOK,
 }
+_RUNBOOK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def runbook_for(kind: str, details: dict) -> str:
+    named = details.get("runbook")
+    if isinstance(named, str) and _RUNBOOK_NAME.match(named):
+        return named
+    return SIGNAL_RUNBOOKS.get(kind, "")
 
 
 @dataclass(frozen=True)
@@ -360,15 +368,16 @@ class SignalRule(BaseRule):
                 if not count:
                     continue
             latest = db.session.get(AlertSignal, latest_id)
+            latest_details = json.loads(latest.details or "{}")
             label = kind.replace("_", " ")
             where = f" in {subject}" if self.per_source else f" (latest from {latest.source})"
             findings.append(Finding(
                 subject=subject, severity=severity,
-                runbook=self.runbook or SIGNAL_RUNBOOKS.get(kind, ""),
+                runbook=self.runbook or runbook_for(kind, latest_details),
                 title=f"{label.capitalize()}: {count} in the last {_minutes(window)}{where}",
                 details={"kind": kind, "signals": count, "window_seconds": window,
                          "latest_source": latest.source,
-                         "latest": json.loads(latest.details or "{}"),
+                         "latest": latest_details,
                          "first_at": _iso(first_at)},
                 since=first_at))
         return findings

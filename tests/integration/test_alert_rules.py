@@ -214,7 +214,7 @@ def test_webhook_success_under_the_goal_over_the_last_hour_opens_a_p1(policy, su
         assert _channels_of_opening(found[0]) == P1_DELIVERIES
 
 
-@pytest.mark.parametrize("kind", ["underpayment", "currency_mismatch"])
+@pytest.mark.parametrize("kind", ["payment_underpaid", "payment_currency_mismatch"])
 def test_an_underpayment_or_currency_mismatch_signal_opens_a_p1_with_its_figures(policy, kind):
     t0 = utcnow()
     add_signals(1, kind=kind, severity="P1", at=t0, source="stripe:evt_1",
@@ -232,6 +232,27 @@ def test_an_underpayment_or_currency_mismatch_signal_opens_a_p1_with_its_figures
 
 
 # -- P2, P3 ------------------------------------------------------------------------------
+
+def test_an_erp_sync_failure_signal_opens_a_p2_with_the_stock_runbook_sent_to_slack(policy):
+    t0 = utcnow()
+    add_signals(2, kind="erp_sync_failed", severity="P2", at=t0, source="erp.sync_stock",
+                details={"error_type": "ErpUnavailable", "attempts": 5})
+
+    evaluate_at(t0)
+    evaluate_at(minutes(t0, 2))
+
+    incident = _opened("signals")
+    assert (incident["key"], incident["severity"], incident["runbook"]) == \
+        ("signals:erp_sync_failed", "P2", "stock_sync_failure")
+    assert incident["details"]["signals"] == 2
+    assert _channels_of_opening(incident) == [("slack", "")]
+    add_signals(1, kind="erp_sync_failed", severity="P2", at=minutes(t0, 30))
+    evaluate_at(minutes(t0, 61))
+    assert incidents()[0]["status"] == "open"  # a failure half an hour ago still holds it
+    evaluate_at(minutes(t0, 91))
+    evaluate_at(minutes(t0, 96))
+    assert incidents()[0]["status"] == "resolved"  # an hour without failures, then clear for 5 min
+
 
 def test_a_queue_deeper_than_1000_opens_a_p2_sent_to_slack_only(policy):
     for n in range(1000):
