@@ -215,4 +215,4 @@ def test_metrics_export_active_incidents_by_severity_and_the_webhook_success_rat
     assert 'racine_alerts_open_incidents{severity="P0"} 1' in text
     assert 'racine_alerts_open_incidents{severity="P1"} 0' in text
     assert "# TYPE racine_alerts_open_incidents gauge" in text
-    assert "racine_webhooks_success_ratio 0.995000" in text  # 995 of 1000 (5 failed)
+    assert "racine_webhooks_success_ratio 0.995\n" in text  # 995 of 1000 (5 failed)
