@@ -245,3 +245,37 @@ def test_with_the_database_unreachable_the_beat_task_pages_p0_directly_once_per_
     assert "flask runbook run payment_processing_failure" in attachment["text"]
     assert len(_emails_to(smtp, CTO)) == 1
     assert sorted(r.form()["To"] for r in proxy.requests_to(TWILIO_HOST)) == [DEVOPS_PHONE, CTO_PHONE]
+
+
+def test_a_delivery_is_sent_once_however_often_its_job_runs_and_a_lost_send_is_taken_over(
+        policy, receivers, worker, monkeypatch):
+    from sqlalchemy import text
+
+    from service.alerts.notify import deliver, notify_test
+
+    proxy, _smtp = receivers
+    for key, value in proxy.env().items():
+        monkeypatch.setenv(key, value)
+    first = notify_test(severity="P2")  # Slack only, not queued
+    second = notify_test(severity="P2")
+    db.session.commit()
+    first_id, second_id = first.id, second.id
+    (once,) = _deliveries(first_id)
+    (lost,) = _deliveries(second_id)
+
+    outcomes = [deliver(once["id"]).status for _ in range(3)]
+
+    assert outcomes == ["sent", "skipped", "skipped"]
+    assert len(proxy.requests_to(SLACK_HOST)) == 1
+
+    # A worker died while sending: the row says "sending" and its lease has run out.
+    db.session.execute(text("UPDATE alert_deliveries SET status = 'sending', attempts = 1,"
+                            " lease_until = :past WHERE id = :id"),
+                       {"past": minutes(utcnow(), -1), "id": lost["id"]})
+    db.session.commit()
+    report = evaluate_at(utcnow())
+
+    assert report.deliveries_requeued == 1
+    wait_until(lambda: _all_sent(second_id, 1), 20, "the lost send taken over", logs=(worker,))
+    assert _deliveries(second_id)[0]["attempts"] == 2
+    assert len(proxy.requests_to(SLACK_HOST)) == 2
