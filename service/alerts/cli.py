@@ -25,7 +25,7 @@ from service.alerts.models import (
 from service.alerts.notify import deliver, notify_test
 from service.alerts.report import incident_report
 from service.alerts.rules import registered_rules
-from service.alerts.services import acknowledge, resolve
+from service.alerts.services import acknowledge, list_incidents, resolve
 from service.cli_utils import Duration, echo_json, echo_table
 from service.db_types import utcnow
 from service.extensions import db
@@ -128,16 +128,8 @@ def rules_command(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_command(status, severity, since, limit, as_json):
     """List incidents, newest first (P3 ones are the slow jobs to review)."""
-    query = select(Incident).order_by(Incident.id.desc()).limit(limit)
-    if status == "active":
-        query = query.where(Incident.status.in_(IncidentStatus.ACTIVE))
-    elif status != "all":
-        query = query.where(Incident.status == status)
-    if severity:
-        query = query.where(Incident.severity == severity)
-    if since:
-        query = query.where(Incident.opened_at >= since)
-    rows = [i.to_dict() for i in db.session.scalars(query)]
+    rows = [i.to_dict() for i in list_incidents(status=status, severity=severity, since=since,
+                                                 limit=limit)]
     if as_json:
         echo_json(rows)
     else:

@@ -79,6 +79,25 @@ def _naive_utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
 
 
+def list_incidents(*, status: str = "active", severity: str | None = None,
+                   since: datetime | None = None, before: int | None = None,
+                   limit: int = 50) -> list[Incident]:
+    """Incidents newest first; `status` is one of IncidentStatus.ALL, "active" (open or
+    acknowledged) or "all"; `before` pages by id."""
+    query = select(Incident).order_by(Incident.id.desc()).limit(limit)
+    if status == "active":
+        query = query.where(Incident.status.in_(IncidentStatus.ACTIVE))
+    elif status != "all":
+        query = query.where(Incident.status == status)
+    if severity:
+        query = query.where(Incident.severity == severity)
+    if since:
+        query = query.where(Incident.opened_at >= since)
+    if before is not None:
+        query = query.where(Incident.id < before)
+    return list(db.session.scalars(query))
+
+
 def _incident_for_update(incident_id: int) -> Incident:
     incident = db.session.scalar(select(Incident).where(Incident.id == incident_id)
                                  .with_for_update())

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import select
 
 from service.admin.auth import require_token
 from service.alerts.cli import incident_detail
 from service.alerts.exceptions import IncidentNotFound, InvalidTransition
 from service.alerts.models import SEVERITIES, Incident, IncidentStatus
-from service.alerts.services import MAX_REASON, acknowledge, resolve
+from service.alerts.services import MAX_REASON, acknowledge, list_incidents, resolve
 from service.extensions import db
 
 bp = Blueprint("alerts_api", __name__, url_prefix="/api/admin/incidents")
@@ -38,7 +37,7 @@ def _actor() -> str:
 
 @bp.get("")
 @require_token
-def list_incidents():
+def list_incidents_view():
     status = request.args.get("status", "active")
     severity = request.args.get("severity")
     if status not in (*IncidentStatus.ALL, "active", "all"):
@@ -52,23 +51,15 @@ def list_incidents():
         return _error(400, "bad_number", "limit and before must be integers")
     if not 1 <= limit <= MAX_PAGE:
         return _error(400, "bad_limit", f"limit must be between 1 and {MAX_PAGE}")
-    query = select(Incident).order_by(Incident.id.desc()).limit(limit)
-    if status == "active":
-        query = query.where(Incident.status.in_(IncidentStatus.ACTIVE))
-    elif status != "all":
-        query = query.where(Incident.status == status)
-    if severity:
-        query = query.where(Incident.severity == severity)
-    if before is not None:
-        query = query.where(Incident.id < before)
-    rows = [i.to_dict() for i in db.session.scalars(query)]
+    rows = [i.to_dict() for i in list_incidents(status=status, severity=severity, before=before,
+                                                 limit=limit)]
     return jsonify(incidents=rows,
                    next_before=rows[-1]["id"] if len(rows) == limit else None)
 
 
 @bp.get("/<int:incident_id>")
 @require_token
-def show_incident(incident_id: int):
+def show_incident_view(incident_id: int):
     incident = db.session.get(Incident, incident_id)
     if incident is None:
         return _error(404, "not_found", f"no incident with id {incident_id}")
@@ -112,11 +103,11 @@ def _act(action, incident_id: int, *, reason_required: bool):
 
 @bp.post("/<int:incident_id>/ack")
 @require_token
-def ack_incident(incident_id: int):
+def ack_incident_view(incident_id: int):
     return _act(acknowledge, incident_id, reason_required=False)
 
 
 @bp.post("/<int:incident_id>/resolve")
 @require_token
-def resolve_incident(incident_id: int):
+def resolve_incident_view(incident_id: int):
     return _act(resolve, incident_id, reason_required=True)

@@ -16,7 +16,6 @@ import redis
 
 from service.alerts.rules import BaseRule, Finding, register_rule
 from service.db_types import utcnow
-from service.extensions import db
 from service.queues.publishing import publish
 from tests.support.alerting import (
     CTO,
@@ -25,12 +24,12 @@ from tests.support.alerting import (
     DEVOPS_PHONE,
     add_events,
     add_signals,
-    alert_env,
     deliveries,
     evaluate_at,
     incidents,
     minutes,
     notices,
+    policy_app,
 )
 from tests.support.db import rows
 from tests.support.events import stripe_event, stripe_headers
@@ -42,13 +41,7 @@ DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 @pytest.fixture
 def policy(build_app, clean, monkeypatch):
     """An app with every channel configured and the test contact lists, in its context."""
-    for key, value in alert_env().items():
-        monkeypatch.setenv(key, value)
-    app = build_app({})
-    with app.app_context():
-        yield app
-        db.session.rollback()
-        db.session.remove()
+    yield from policy_app(build_app, monkeypatch)
 
 
 def _opened(rule: str) -> dict:

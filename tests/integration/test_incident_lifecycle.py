@@ -27,29 +27,33 @@ from tests.support.alerting import (
     LEAD,
     add_events,
     add_signals,
-    alert_env,
     deliveries,
     evaluate_at,
     incidents,
     minutes,
     notices,
+    policy_app,
 )
 
 
 @pytest.fixture
 def policy(build_app, clean, monkeypatch):
-    for key, value in alert_env().items():
-        monkeypatch.setenv(key, value)
-    app = build_app({})
-    with app.app_context():
-        yield app
-        db.session.rollback()
-        db.session.remove()
+    """An app with every channel configured and the test contact lists, in its context."""
+    yield from policy_app(build_app, monkeypatch)
 
 
 def _failures(at, count=11):
     add_signals(count, kind="webhook_failure", severity="P1", at=at,
                 source="stripe:payment_intent.succeeded")
+
+
+def _open_p1():
+    """Eleven failures now, seen for the one-minute hold: a P1 opens. Returns its t0."""
+    t0 = utcnow()
+    _failures(t0)
+    evaluate_at(t0)
+    evaluate_at(minutes(t0, 1))
+    return t0
 
 
 def _kinds(incident_id: int) -> list[str]:
@@ -74,10 +78,7 @@ def test_ten_evaluations_of_one_condition_give_one_incident_and_one_opening_noti
 
 
 def test_one_unresolved_incident_per_key_is_enforced_by_the_database(policy):
-    t0 = utcnow()
-    _failures(t0)
-    evaluate_at(t0)
-    evaluate_at(minutes(t0, 1))
+    _open_p1()
 
     with pytest.raises(IntegrityError):
         db.session.execute(text(
@@ -181,10 +182,7 @@ def test_an_unacknowledged_incident_is_notified_again_on_its_repeat_interval(pol
 
 
 def test_an_unacknowledged_p1_escalates_to_the_next_contact_list_after_its_response_time(policy):
-    t0 = utcnow()
-    _failures(t0)
-    evaluate_at(t0)
-    evaluate_at(minutes(t0, 1))
+    t0 = _open_p1()
     incident = incidents()[0]
     first = notices(incident["id"])[0]
     assert deliveries(first["id"]) == [("email", DEVOPS), ("slack", "")]
@@ -225,10 +223,7 @@ def test_a_p0_escalation_pages_the_next_list_by_sms_too(policy):
 
 
 def test_acknowledging_stops_escalation_and_records_who_and_why(policy):
-    t0 = utcnow()
-    _failures(t0)
-    evaluate_at(t0)
-    evaluate_at(minutes(t0, 1))
+    t0 = _open_p1()
     incident_id = incidents()[0]["id"]
 
     acknowledge(incident_id, actor="cli:alice", reason="replaying the failures", now=minutes(t0, 10))
@@ -244,10 +239,7 @@ def test_acknowledging_stops_escalation_and_records_who_and_why(policy):
 
 
 def test_a_resolution_by_hand_is_not_undone_by_the_failures_it_covered(policy):
-    t0 = utcnow()
-    _failures(t0)
-    evaluate_at(t0)
-    evaluate_at(minutes(t0, 1))
+    t0 = _open_p1()
     first = incidents()[0]
     resolve(first["id"], actor="cli:alice", reason="replayed all", now=minutes(t0, 5))
     db.session.commit()
@@ -268,10 +260,7 @@ def test_a_resolution_by_hand_is_not_undone_by_the_failures_it_covered(policy):
 def test_acknowledging_a_resolved_incident_is_refused_and_twice_changes_nothing(policy):
     from service.alerts.exceptions import IncidentNotFound, InvalidTransition
 
-    t0 = utcnow()
-    _failures(t0)
-    evaluate_at(t0)
-    evaluate_at(minutes(t0, 1))
+    t0 = _open_p1()
     incident_id = incidents()[0]["id"]
 
     assert acknowledge(incident_id, actor="cli:a", now=minutes(t0, 2))[1] is True

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from service.db_types import utcnow
-from service.extensions import db
-from tests.support.alerting import add_events, alert_env, evaluate_at, incidents, minutes, notices
+from tests.support.alerting import add_events, evaluate_at, incidents, minutes, notices, policy_app
 
 TOKEN = "incident-tools-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -17,13 +16,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def policy(build_app, clean, monkeypatch):
-    for key, value in {**alert_env(), "ADMIN_API_TOKENS": TOKEN}.items():
-        monkeypatch.setenv(key, value)
-    app = build_app({})
-    with app.app_context():
-        yield app
-        db.session.rollback()
-        db.session.remove()
+    yield from policy_app(build_app, monkeypatch, ADMIN_API_TOKENS=TOKEN)
 
 
 @pytest.fixture

@@ -42,6 +42,18 @@ def alert_env(*, smtp_port: int = 2) -> dict[str, str]:
     }
 
 
+def policy_app(build_app, monkeypatch, **extra_env):
+    """Yield an app built with every channel on and the test contact lists (plus
+    `extra_env`), inside its app context; for a test module's `policy` fixture."""
+    for key, value in {**alert_env(), **extra_env}.items():
+        monkeypatch.setenv(key, value)
+    app = build_app({})
+    with app.app_context():
+        yield app
+        db.session.rollback()
+        db.session.remove()
+
+
 def add_events(count: int, *, status: str, received_at: datetime,
                processed_at: datetime | None = None, event_type: str = "payment_intent.succeeded"
                ) -> list[int]:
