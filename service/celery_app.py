@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from flask import Flask
 
+from service.counting import flush_all
 from service.extensions import db
 
 _REGISTRY = "racine.celery_registry"
@@ -104,4 +105,8 @@ def celery_init_app(app: Flask) -> Celery:
         with app.app_context():
             db.engine.dispose(close=False)
 
+    # Counts a pool process or the worker still buffers are added to Redis as it stops
+    # (a pool process ends with os._exit, which skips atexit).
+    worker_process_shutdown.connect(flush_all, weak=False)
+    worker_shutdown.connect(flush_all, weak=False)
     return celery

@@ -88,6 +88,8 @@ def load_settings(instance_path: str) -> dict:
         "REDIS_URL": redis_url,
         "LOG_LEVEL": _env_str("LOG_LEVEL", "INFO"),
         "LOG_JSON": _env_bool("LOG_JSON", True),
+        # How often a process adds its buffered counts to Redis (and at exit in any case).
+        "METRICS_FLUSH_SECONDS": _env_float("METRICS_FLUSH_SECONDS", 1.0),
         # Intake
         "STRIPE_WEBHOOK_SECRET": _env_list("STRIPE_WEBHOOK_SECRET", "whsec_racine_dev_secret"),
         "STRIPE_TOLERANCE_SECONDS": _env_int("STRIPE_TOLERANCE_SECONDS", 300),

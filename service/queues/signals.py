@@ -33,6 +33,7 @@ _announced: list[tuple[str, list[str]]] = []
 
 def connect(app: Flask) -> None:
     client = app.extensions["redis"]
+    _counts.every = app.config["METRICS_FLUSH_SECONDS"]
 
     @signals.before_task_publish.connect(weak=False)
     def _stamp(headers=None, **_kwargs):

@@ -5,12 +5,14 @@ import importlib
 from flask import Flask
 
 from service.celery_app import register
+from service.metrics import register as register_metrics
 
 
 def init_app(app: Flask) -> None:
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
     from service.webhooks.dedup import DedupCache, RedisTransmissionLog
+    from service.webhooks.metrics import ALL as METRICS
     from service.webhooks.paypal import PayPalVerifier
     from service.webhooks.verifiers import StripeVerifier
     from service.webhooks.views import bp
@@ -35,6 +37,7 @@ def init_app(app: Flask) -> None:
     )
     app.register_blueprint(bp)
     app.cli.add_command(cli)
+    register_metrics(app, *METRICS)
     register(
         app, queue="webhooks",
         routes={"webhooks.process_event": "webhooks", "webhooks.*": "default"},
