@@ -10,7 +10,6 @@ from celery.exceptions import Ignore
 from flask import current_app
 
 from service.db_types import utcnow
-from service.extensions import db
 from service.queues import outbox
 
 log = logging.getLogger(__name__)
@@ -22,7 +21,8 @@ def rate_limited(key: str, setting: str):
     A limited run puts the same job back in the outbox, due at the slot reserved for it,
     with its retry count unchanged (a wait is not a failure), and ends as ignored. The
     job waits in the database, not in a worker's memory: the relay publishes it when it
-    is due and its queue has room, so a backlog of limited jobs counts against nothing
+    is due and its queue has room (the base task commits it as the run ends with Ignore),
+    so a backlog of limited jobs counts against nothing
     and survives any worker. The task must be bound and take positional arguments only.
     """
     def decorate(func):
@@ -38,7 +38,6 @@ def rate_limited(key: str, setting: str):
             outbox.add_jobs([(task.name, list(args))], queue=_queue_of(task),
                             available_at=utcnow() + timedelta(seconds=wait),
                             retries=request.retries or 0)
-            db.session.commit()
             log.info("rate limited, job back in the outbox", extra={
                 "task": task.name, "task_id": request.id, "countdown": round(wait, 2)})
             raise Ignore()

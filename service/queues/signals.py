@@ -17,6 +17,7 @@ from flask import Flask
 
 from service.counting import BufferedCounts
 from service.db_types import utcnow
+from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
 from service.queues.slowjobs import record_if_slow, threshold_for
 
@@ -61,6 +62,8 @@ def connect(app: Flask) -> None:
                                worker=task.request.hostname,
                                started_at=utcnow() - timedelta(seconds=runtime),
                                runtime=runtime, args=args, kwargs=kwargs)
+                # After the task's own transaction: a hook of its own, committed here.
+                db.session.commit()
         except Exception as exc:
             log.warning("slow job not recorded", extra={"task": task.name,
                                                         "error": type(exc).__name__})

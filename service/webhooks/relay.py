@@ -108,7 +108,9 @@ def _requeue(event_pk: int, status: str, now, horizon) -> bool:
     """Mark the row queued before publishing, guarded on the state it was found in.
 
     Taking an expired lease away here means a worker that somehow still runs cannot
-    commit its result: its final UPDATE checks the lease token.
+    commit its result: its final UPDATE checks the lease token. Commits on its own, on
+    purpose: the row must be `queued` before its message exists, and no publish happens
+    inside a transaction.
     """
     changed = db.session.execute(
         update(WebhookEvent)

@@ -6,34 +6,18 @@ import uuid
 
 import pytest
 import requests
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service import metrics
 from service.webhooks.metrics import DELIVERIES
 from tests.support.db import scalar
 from tests.support.events import make_order, payment_intent, stripe_event, stripe_headers
+from tests.support.metrics import samples, scraped
 from tests.support.processes import start_gunicorn, start_worker
 from tests.support.waiting import wait_until
 
 
-def samples(text: str, name: str) -> dict[tuple, float]:
-    """{sorted label items: value} of one metric family, parsed as Prometheus parses it."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                found[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
-
-
 def counter(text: str, name: str, **labels: str) -> float:
     return samples(text, name).get(tuple(sorted(labels.items())), 0)
-
-
-def scraped(app) -> str:
-    """What /metrics would show, read from Redis without flushing this process's counts."""
-    return generate_latest(metrics.registry(app)).decode()
 
 
 def test_deliveries_are_counted_by_outcome_without_a_round_trip_each(client, clean):
