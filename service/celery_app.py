@@ -130,19 +130,19 @@ def celery_init_app(app: Flask) -> Celery:
         task_annotations=[dict(registry.annotations)],
         task_serializer="json",
         accept_content=["json"],
-        worker_prefetch_multiplier=cfg.get("CELERY_PREFETCH_MULTIPLIER", 4),
+        worker_prefetch_multiplier=cfg["CELERY_PREFETCH_MULTIPLIER"],
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         # Celery's own publishes (retries, beat) fail fast when the broker is down: what
         # they carry is in the database and the relays send it again.
         task_publish_retry=False,
         broker_transport_options={
-            "visibility_timeout": cfg.get("BROKER_VISIBILITY_TIMEOUT", 3600),
+            "visibility_timeout": cfg["BROKER_VISIBILITY_TIMEOUT"],
             "socket_connect_timeout": cfg["BROKER_PUBLISH_TIMEOUT_SECONDS"],
             "socket_timeout": max(cfg["BROKER_PUBLISH_TIMEOUT_SECONDS"], 5.0),
             "max_retries": 0,
         },
-        broker_pool_limit=cfg.get("BROKER_POOL_LIMIT", 10),
+        broker_pool_limit=cfg["BROKER_POOL_LIMIT"],
         beat_schedule=dict(registry.beat),
         timezone="UTC",
     )
