@@ -12,7 +12,7 @@ from requests import RequestException
 from sqlalchemy.exc import OperationalError
 
 from service.orders import services
-from service.queues.limited import rate_limited
+from service.queues.ratelimit import rate_limited
 
 _RETRY = {
     "autoretry_for": (OperationalError, RedisError, RequestException, ConnectionError,

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import DateTime, delete, func, select, update
 
 from service import fastsql
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.queues.models import OutboxJob
 from service.queues.publishing import publish, room

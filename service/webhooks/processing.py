@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.alerts.services import raise_signal
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one, run
 from service.orders.exceptions import OrdersError

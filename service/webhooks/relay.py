@@ -18,7 +18,7 @@ import redis
 from flask import current_app
 from sqlalchemy import and_, or_, select, update
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.queues.depth import oldest_wait_seconds
 from service.queues.publishing import BROKER_DOWN, SENT, room

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 from service.webhooks.queueing import mark_unpublished, publish_event, publish_lease

@@ -537,7 +537,7 @@ def test_event_committed_but_never_published_is_relayed_once_its_publish_lease_e
     not expired yet (its message may well be on the way) is left alone."""
     from datetime import timedelta
 
-    from service.db_types import utcnow
+    from service.clock import utcnow
     from service.webhooks.relay import relay_pending
 
     now = utcnow()

@@ -18,8 +18,8 @@ from collections import Counter
 import pytest
 
 from service.queues.depth import ENQUEUED_AT_HEADER, PRIORITY_SEPARATOR, depth, queue_keys
+from service.queues.hooks import CONSUMERS_KEY
 from service.queues.publishing import BROKER_DOWN, FULL, SENT, gate, room, send
-from service.queues.signals import CONSUMERS_KEY
 
 QUEUE = "erp"  # a real queue of the service; no worker consumes it here
 TASK = "erp.sync_order"

@@ -3,23 +3,23 @@
 
 Queues are filled with real Celery messages (one published through the app, copied with
 the enqueue time it should carry), and consumers are registered either by a live worker or
-by writing the heartbeat entry a worker writes (service/queues/signals.py).
+by writing the heartbeat entry a worker writes (service/queues/hooks.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import timedelta
 
 import pytest
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.queues.depth import ENQUEUED_AT_HEADER, PRIORITY_SEPARATOR, depth
+from service.queues.hooks import CONSUMERS_KEY
 from service.queues.models import SlowJob
-from service.queues.signals import CONSUMERS_KEY
 from service.webhooks.models import WebhookEvent, WebhookFailure
+from tests.support.metrics import samples
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until
 
@@ -348,10 +348,11 @@ def test_metrics_expose_the_real_depth_and_oldest_wait_of_each_queue(
 
     assert response.status_code == 200
     body = response.get_data(as_text=True)
-    depths = dict(re.findall(r'^racine_queue_depth_jobs\{queue="(\w+)"\} (\d+)$', body, re.M))
-    assert {q: int(v) for q, v in depths.items()} == real
-    ages = {q: float(v) for q, v in re.findall(
-        r'^racine_queue_oldest_wait_seconds\{queue="(\w+)"\} ([\d.]+)$', body, re.M)}
+    depths = {dict(labels)["queue"]: value
+              for labels, value in samples(body, "racine_queue_depth_jobs").items()}
+    assert depths == real
+    ages = {dict(labels)["queue"]: value
+            for labels, value in samples(body, "racine_queue_oldest_wait_seconds").items()}
     assert set(ages) == set(real)
     assert 29 <= ages["webhooks"] <= 35, ages
     assert ages["orders"] == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import WebhookEvent, WebhookFailure
 from service.webhooks.replay import Selection, retry_failures, select_failures

@@ -1,4 +1,5 @@
-"""Celery signal handlers: enqueue stamps, throughput counters, consumers, slow jobs.
+"""Worker hooks (receivers of Celery's own signals): enqueue stamps, throughput counts,
+consumers, slow jobs. ("Signal" alone, in this service, means an alert signal.)
 
 Connected once per app by `connect(app)`. Everything here is best effort: a failure
 to count or record must never fail the job itself.
@@ -15,8 +16,8 @@ from datetime import timedelta
 from celery import signals
 from flask import Flask
 
+from service.clock import utcnow
 from service.counting import BufferedCounts
-from service.db_types import utcnow
 from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
 from service.queues.slowjobs import record_if_slow, threshold_for
