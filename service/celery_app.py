@@ -17,6 +17,7 @@ from flask import Flask
 
 from service.counting import flush_all
 from service.extensions import db
+from service.logs import quieten
 from service.metrics import SharedCounter
 from service.metrics import register as register_metrics
 
@@ -147,6 +148,9 @@ def celery_init_app(app: Flask) -> Celery:
         timezone="UTC",
     )
     celery.conf.update(cfg.get("CELERY", {}))
+    # Beat's tasks are housekeeping every few seconds: Celery's own line per run would
+    # bury what matters; they log themselves when they move something.
+    quieten(spec["task"] for spec in registry.beat.values())
     celery.set_default()
     app.extensions["celery"] = celery
 

@@ -87,6 +87,10 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
     ).rowcount or 0
     report.waiting = db.session.scalar(
         select(func.count()).select_from(OutboxJob).where(OutboxJob.status == "pending"))
+    if report.published or report.purged:
+        log.info("outbox relay published jobs", extra={
+            "count": report.published, "reason": f"{report.purged} purged, "
+                                                f"{report.waiting} waiting"})
     return report
 
 

@@ -98,9 +98,11 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
             mark_unpublished(event_pk)
             break
         report.enqueued += 1
-    if report.found:
-        log.info("relay pass", extra={"count": report.enqueued, "outcome":
-                                      "broker_down" if report.broker_down else "ok"})
+    if report.broker_down:
+        log.warning("relay pass stopped: broker unavailable",
+                    extra={"count": report.enqueued, "outcome": "broker_down"})
+    elif report.enqueued:
+        log.info("relay published stored events", extra={"count": report.enqueued})
     return report
 
 

@@ -194,8 +194,8 @@ def test_a_message_sent_here_matches_one_celery_sends_and_a_worker_consumes_both
                                                            "routing_key": CONTRACT_QUEUE}
     shared = ("content-type", "content-encoding")
     assert {k: ours[k] for k in shared} == {k: celerys[k] for k in shared}
-    same_values = ("lang", "task", "retries", "timelimit", "eta", "expires", "group",
-                   "parent_id", "shadow", "stamps")
+    same_values = ("lang", "task", "retries", "eta", "expires", "group", "parent_id",
+                   "shadow", "stamps")
     assert {k: ours["headers"][k] for k in same_values} == \
         {k: celerys["headers"][k] for k in same_values}
     assert {k: v for k, v in ours["properties"].items()
@@ -203,6 +203,9 @@ def test_a_message_sent_here_matches_one_celery_sends_and_a_worker_consumes_both
         {k: v for k, v in celerys["properties"].items()
          if k not in ("correlation_id", "reply_to", "delivery_tag")}
     assert ours_body[1:] == celerys_body[1:]
+    # send_task stamps the app-wide default limits; none here lets the worker apply the
+    # task's own (per-task annotations), as apply_async of a known task would.
+    assert ours["headers"]["timelimit"] == [None, None]
     assert (ours_body[0], celerys_body[0]) == ([1, "ours"], [2, "celery's"])
 
     worker = start_worker(tmp_path, queues=CONTRACT_QUEUE, concurrency=1, beat=False,

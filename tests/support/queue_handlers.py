@@ -45,3 +45,13 @@ def record(*args) -> None:
     import json
 
     current_app.extensions["redis"].rpush(RECORDED_KEY, json.dumps(list(args)))
+
+
+@shared_task(name="tests.touch_database", ignore_result=True)
+def touch_database() -> None:
+    """Open this pool process's database connection (a warm-up before a measurement)."""
+    from sqlalchemy import text
+
+    from service.extensions import db
+
+    db.session.execute(text("SELECT 1"))
