@@ -10,7 +10,7 @@ import redis
 from flask import Flask, g, request
 
 from service.celery_app import celery_init_app
-from service.config import engine_options, load_settings, normalise_database_url
+from service.config import engine_options, instance_path, load_settings, normalise_database_url
 from service.extensions import configure_sqlite, db, migrate, ping_when_idle
 from service.logs import configure_logging, request_id_var
 
@@ -19,15 +19,14 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config`."""
-    app = Flask(__name__, instance_path=os.environ.get("RACINE_INSTANCE_PATH") or None)
+    app = Flask(__name__, instance_path=instance_path())
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_mapping(load_settings(app.instance_path))
     if test_config:
         app.config.from_mapping(test_config)
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"])
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
-                          engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
 
     configure_logging(app.config["LOG_LEVEL"], json_output=app.config["LOG_JSON"])
     db.init_app(app)

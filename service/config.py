@@ -72,6 +72,12 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def instance_path() -> str | None:
+    """Where the instance folder is (SQLite file, run.env, beat schedule); None: Flask's
+    default, `instance/` beside the package."""
+    return os.environ.get("RACINE_INSTANCE_PATH") or None
+
+
 def load_settings(instance_path: str) -> dict:
     """Read every setting from the environment, with the embedded defaults."""
     load_dotenv(os.environ.get("RACINE_DOTENV", ".env"), override=False)
@@ -88,6 +94,8 @@ def load_settings(instance_path: str) -> dict:
         "REDIS_URL": redis_url,
         "LOG_LEVEL": _env_str("LOG_LEVEL", "INFO"),
         "LOG_JSON": _env_bool("LOG_JSON", True),
+        # How often a process adds its buffered counts to Redis (and at exit in any case).
+        "METRICS_FLUSH_SECONDS": _env_float("METRICS_FLUSH_SECONDS", 1.0),
         # Intake
         "STRIPE_WEBHOOK_SECRET": _env_list("STRIPE_WEBHOOK_SECRET", "whsec_racine_dev_secret"),
         "STRIPE_TOLERANCE_SECONDS": _env_int("STRIPE_TOLERANCE_SECONDS", 300),
@@ -122,9 +130,20 @@ def load_settings(instance_path: str) -> dict:
         # A stored event whose publish never happened (the process died right after the
         # commit) is republished by the relay this long after it arrived.
         "PUBLISH_GRACE_SECONDS": _env_int("PUBLISH_GRACE_SECONDS", 60),
+        # Database connections (PostgreSQL pool per process; SQLite's busy wait).
         "DB_PING_IDLE_SECONDS": _env_float("DB_PING_IDLE_SECONDS", 2.0),
+        "DB_POOL_SIZE": _env_int("DB_POOL_SIZE", 5),
+        "DB_MAX_OVERFLOW": _env_int("DB_MAX_OVERFLOW", 10),
+        "DB_POOL_TIMEOUT": _env_float("DB_POOL_TIMEOUT", 10.0),
+        "DB_CONNECT_TIMEOUT": _env_int("DB_CONNECT_TIMEOUT", 3),
+        "SQLITE_BUSY_TIMEOUT": _env_float("SQLITE_BUSY_TIMEOUT", 30.0),
         "RELAY_BATCH_SIZE": _env_int("RELAY_BATCH_SIZE", 500),
         "BROKER_PUBLISH_TIMEOUT_SECONDS": _env_float("BROKER_PUBLISH_TIMEOUT_SECONDS", 1.0),
+        # Celery: how long Redis keeps an unacknowledged message before redelivering it,
+        # broker connections kept per process, messages a worker process reserves.
+        "BROKER_VISIBILITY_TIMEOUT": _env_int("BROKER_VISIBILITY_TIMEOUT", 3600),
+        "BROKER_POOL_LIMIT": _env_int("BROKER_POOL_LIMIT", 10),
+        "CELERY_PREFETCH_MULTIPLIER": _env_int("CELERY_PREFETCH_MULTIPLIER", 4),
         # Thresholds used by later domains; read here so one place lists them all.
         "SLOW_JOB_SECONDS": _env_float("SLOW_JOB_SECONDS", 30.0),
         # Per-task thresholds: "orders.fulfil=10,webhooks.process_event=5".
@@ -145,7 +164,7 @@ def load_settings(instance_path: str) -> dict:
 _SEVERITIES = ("P0", "P1", "P2", "P3")
 
 
-def _env_severity_seconds(name: str, default: str) -> dict[str, float]:
+def _env_severities(name: str, default: str) -> dict[str, float]:
     values = {}
     for source in (default, _env_str(name, "")):
         for part in (p.strip() for p in source.split(",") if p.strip()):
@@ -162,7 +181,7 @@ def _env_severity_seconds(name: str, default: str) -> dict[str, float]:
     return values
 
 
-def _env_contact_levels(name: str) -> list[list[str]]:
+def _env_levels(name: str) -> list[list[str]]:
     """Escalation contact lists: levels separated by ';', contacts within one by ','."""
     return [[c.strip() for c in level.split(",") if c.strip()]
             for level in _env_str(name, "").split(";") if level.strip()]
@@ -175,9 +194,11 @@ def _alert_settings() -> dict:
         "ALERT_EMAIL_URL": os.environ.get("ALERT_EMAIL_URL") or None,
         "ALERT_SMS_URL": os.environ.get("ALERT_SMS_URL") or None,
         # Who is told first, per severity: e-mail addresses, +phone numbers, @slack handles.
-        "ALERT_RECIPIENTS": {sev: _env_list(f"ALERT_RECIPIENTS_{sev}", "") for sev in _SEVERITIES},
+        "ALERT_RECIPIENTS": {"P0": _env_list("ALERT_RECIPIENTS_P0", ""),
+                             "P1": _env_list("ALERT_RECIPIENTS_P1", ""),
+                             "P2": _env_list("ALERT_RECIPIENTS_P2", "")},  # P3: log only
         # Who is told next when an incident stays unacknowledged past its response time.
-        "ALERT_ESCALATION_CONTACTS": _env_contact_levels("ALERT_ESCALATION_CONTACTS"),
+        "ALERT_ESCALATION_CONTACTS": _env_levels("ALERT_ESCALATION_CONTACTS"),
         # Shown in messages as where to acknowledge (the admin API's base URL).
         "ALERT_ADMIN_URL": _env_str("ALERT_ADMIN_URL", "").rstrip("/") or None,
         # 0 turns the beat entry off (evaluate with `flask alerts evaluate`).
@@ -193,31 +214,28 @@ def _alert_settings() -> dict:
         "ALERT_QUEUE_AGE_SECONDS": _env_int("ALERT_QUEUE_AGE_SECONDS", 600),
         "ALERT_SIGNAL_WINDOW_SECONDS": _env_int("ALERT_SIGNAL_WINDOW_SECONDS", 3600),
         # Damping, response, repetition.
-        "ALERT_HOLD_SECONDS": _env_severity_seconds("ALERT_HOLD_SECONDS", "P0=0,P1=60,P2=120,P3=0"),
-        "ALERT_CLEAR_SECONDS": _env_severity_seconds("ALERT_CLEAR_SECONDS",
-                                                     "P0=300,P1=300,P2=300,P3=0"),
-        "ALERT_RESPONSE_SECONDS": _env_severity_seconds("ALERT_RESPONSE_SECONDS",
-                                                        "P0=300,P1=900,P2=3600"),
-        "ALERT_REPEAT_SECONDS": _env_severity_seconds("ALERT_REPEAT_SECONDS",
-                                                      "P0=900,P1=3600,P2=14400"),
+        "ALERT_HOLD_SECONDS": _env_severities("ALERT_HOLD_SECONDS", "P0=0,P1=60,P2=120,P3=0"),
+        "ALERT_CLEAR_SECONDS": _env_severities("ALERT_CLEAR_SECONDS", "P0=300,P1=300,P2=300,P3=0"),
+        "ALERT_RESPONSE_SECONDS": _env_severities("ALERT_RESPONSE_SECONDS", "P0=300,P1=900,P2=3600"),
+        "ALERT_REPEAT_SECONDS": _env_severities("ALERT_REPEAT_SECONDS", "P0=900,P1=3600,P2=14400"),
         # Sending: attempts per message and recipient, and the backoff between them.
         "ALERT_SEND_MAX_ATTEMPTS": _env_int("ALERT_SEND_MAX_ATTEMPTS", 6),
         "ALERT_SEND_BACKOFF_SECONDS": _env_float("ALERT_SEND_BACKOFF_SECONDS", 30.0),
         "ALERT_SEND_BACKOFF_MAX_SECONDS": _env_float("ALERT_SEND_BACKOFF_MAX_SECONDS", 900.0),
         "ALERT_SEND_LEASE_SECONDS": _env_int("ALERT_SEND_LEASE_SECONDS", 300),
         # The report's goals.
-        "ALERT_MTTR_GOAL_SECONDS": _env_severity_seconds("ALERT_MTTR_GOAL_SECONDS", "P1=1800"),
+        "ALERT_MTTR_GOAL_SECONDS": _env_severities("ALERT_MTTR_GOAL_SECONDS", "P1=1800"),
     }
 
 
-def engine_options(database_url: str) -> dict:
-    """Connection options that suit the database the URL names."""
-    if database_url.startswith("sqlite"):
+def engine_options(settings: dict) -> dict:
+    """Connection options that suit the database `SQLALCHEMY_DATABASE_URI` names."""
+    if settings["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # SQLite serialises writers; a long busy timeout turns lock contention into waiting.
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": settings["SQLITE_BUSY_TIMEOUT"]}}
     return {
-        "pool_size": _env_int("DB_POOL_SIZE", 5),
-        "max_overflow": _env_int("DB_MAX_OVERFLOW", 10),
-        "pool_timeout": _env_float("DB_POOL_TIMEOUT", 10.0),
-        "connect_args": {"connect_timeout": _env_int("DB_CONNECT_TIMEOUT", 3)},
+        "pool_size": settings["DB_POOL_SIZE"],
+        "max_overflow": settings["DB_MAX_OVERFLOW"],
+        "pool_timeout": settings["DB_POOL_TIMEOUT"],
+        "connect_args": {"connect_timeout": settings["DB_CONNECT_TIMEOUT"]},
     }

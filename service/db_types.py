@@ -1,13 +1,6 @@
-"""Column helpers shared by every domain's models."""
-
-from datetime import UTC, datetime
+"""Column types shared by every domain's models."""
 
 from sqlalchemy import BigInteger, Integer
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def utcnow() -> datetime:
-    """Naive UTC now: stored the same way on SQLite and PostgreSQL."""
-    return datetime.now(UTC).replace(tzinfo=None)

@@ -27,7 +27,7 @@ from service.alerts.report import incident_report
 from service.alerts.rules import registered_rules
 from service.alerts.services import acknowledge, list_incidents, resolve
 from service.cli_utils import Duration, echo_json, echo_table
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 
 alerts_cli = AppGroup("alerts", help="Evaluate the escalation rules and test the alert channels.")
@@ -55,6 +55,7 @@ def evaluate_command(as_json):
     failed, 2 when a P0 incident is active.
     """
     report = evaluation.evaluate()
+    db.session.commit()
     if as_json:
         echo_json(report.as_dict())
     else:

@@ -13,9 +13,11 @@ response time, escalation to the next contact list; else, past its repeat interv
 repeat notice. Signals raised since
 the last evaluation are marked consumed and linked to the incident they belong to.
 
-The whole evaluation is one transaction, serialised across processes (an advisory lock
-on PostgreSQL; SQLite's write lock does it there). `now` comes from the caller (the beat
-task passes the real clock; tests a controlled one).
+The whole evaluation is one transaction, committed by the caller (the base task for the
+beat entry, the command for `flask alerts evaluate`) and serialised across processes by
+an advisory lock on PostgreSQL held until that commit (SQLite's write lock does it
+there). `now` comes from the caller (the beat task passes the real clock; tests a
+controlled one).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from service.alerts.models import AlertCondition, AlertSignal, Incident, Inciden
 from service.alerts.notify import notify_incident, requeue_stalled
 from service.alerts.rules import Finding, RuleContext, key_for, registered_rules
 from service.alerts.services import resolve
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 
 log = logging.getLogger(__name__)
@@ -87,39 +89,35 @@ def _resolutions():
 
 
 def evaluate(*, now: datetime | None = None) -> EvaluationReport:
-    """Run every registered rule at `now` and apply the results; commits."""
+    """Run every registered rule at `now` and apply the results in the current
+    transaction; the caller commits (notices are sent only once it does)."""
     app = current_app._get_current_object()
     config = app.config
     now = now or utcnow()
     report = EvaluationReport(evaluated_at=now.isoformat() + "Z")
     rules = registered_rules(app)
-    try:
-        _serialise()
-        resolved_at = _resolutions()
-        ctx = RuleContext(now=now, config=config, redis=app.extensions["redis"], app=app,
-                          resolved_at=resolved_at,
-                          claimed_kinds=frozenset(k for r in rules for k in r.signal_kinds))
-        for rule in rules:
-            try:
-                with db.session.begin_nested():
-                    findings = rule.evaluate(ctx)
-            except Exception as exc:  # one broken rule must not silence the others
-                log.error("alert rule failed", extra={"rule": rule.name,
-                                                      "error": type(exc).__name__})
-                report.errors[rule.name] = type(exc).__name__
-                continue
-            _apply(rule, findings, now=now, config=config, report=report,
-                   resolved_at=resolved_at)
-        _escalate_and_repeat(now=now, config=config, report=report)
-        report.signals_consumed = _fold_signals(rules, now=now, config=config)
-        report.deliveries_requeued = requeue_stalled()
-        report.active = dict(db.session.execute(
-            select(Incident.severity, func.count()).where(Incident.status.in_(IncidentStatus.ACTIVE))
-            .group_by(Incident.severity)).all())
-        db.session.commit()
-    except BaseException:
-        db.session.rollback()
-        raise
+    _serialise()
+    resolved_at = _resolutions()
+    ctx = RuleContext(now=now, config=config, redis=app.extensions["redis"], app=app,
+                      resolved_at=resolved_at,
+                      claimed_kinds=frozenset(k for r in rules for k in r.signal_kinds))
+    for rule in rules:
+        try:
+            with db.session.begin_nested():
+                findings = rule.evaluate(ctx)
+        except Exception as exc:  # one broken rule must not silence the others
+            log.error("alert rule failed", extra={"rule": rule.name,
+                                                  "error": type(exc).__name__})
+            report.errors[rule.name] = type(exc).__name__
+            continue
+        _apply(rule, findings, now=now, config=config, report=report,
+               resolved_at=resolved_at)
+    _escalate_and_repeat(now=now, config=config, report=report)
+    report.signals_consumed = _fold_signals(rules, now=now, config=config)
+    report.deliveries_requeued = requeue_stalled()
+    report.active = dict(db.session.execute(
+        select(Incident.severity, func.count()).where(Incident.status.in_(IncidentStatus.ACTIVE))
+        .group_by(Incident.severity)).all())
     if report.opened or report.resolved or report.escalated or report.errors:
         log.info("alerts evaluated", extra={k: v for k, v in report.as_dict().items()
                                             if k in ("opened", "resolved", "escalated", "errors")})

@@ -19,7 +19,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db_types import BigId, utcnow
+from service.clock import iso, utcnow
+from service.db_types import BigId
 from service.extensions import db
 
 SEVERITIES = ("P0", "P1", "P2", "P3")
@@ -42,7 +43,7 @@ class AlertSignal(db.Model):
     def to_dict(self) -> dict:
         return {"id": self.id, "severity": self.severity, "kind": self.kind,
                 "source": self.source, "details": self.details,
-                "created_at": _iso(self.created_at), "consumed_at": _iso(self.consumed_at),
+                "created_at": iso(self.created_at), "consumed_at": iso(self.consumed_at),
                 "incident_id": self.incident_id}
 
 
@@ -115,15 +116,15 @@ class Incident(db.Model):
             "id": self.id, "key": self.key, "rule": self.rule, "subject": self.subject,
             "severity": self.severity, "title": self.title, "details": self.figures,
             "runbook": self.runbook, "status": self.status,
-            "condition_since": _iso(self.condition_since), "opened_at": _iso(self.opened_at),
-            "last_seen_at": _iso(self.last_seen_at), "occurrences": self.occurrences,
-            "signal_count": self.signal_count, "cleared_at": _iso(self.cleared_at),
-            "escalation_level": self.escalation_level, "escalated_at": _iso(self.escalated_at),
-            "last_notified_at": _iso(self.last_notified_at),
+            "condition_since": iso(self.condition_since), "opened_at": iso(self.opened_at),
+            "last_seen_at": iso(self.last_seen_at), "occurrences": self.occurrences,
+            "signal_count": self.signal_count, "cleared_at": iso(self.cleared_at),
+            "escalation_level": self.escalation_level, "escalated_at": iso(self.escalated_at),
+            "last_notified_at": iso(self.last_notified_at),
             "notified_count": self.notified_count,
-            "acknowledged_at": _iso(self.acknowledged_at), "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": iso(self.acknowledged_at), "acknowledged_by": self.acknowledged_by,
             "acknowledge_reason": self.acknowledge_reason,
-            "resolved_at": _iso(self.resolved_at), "resolved_by": self.resolved_by,
+            "resolved_at": iso(self.resolved_at), "resolved_by": self.resolved_by,
             "resolve_reason": self.resolve_reason,
         }
 
@@ -147,7 +148,7 @@ class AlertNotification(db.Model):
     def to_dict(self) -> dict:
         return {"id": self.id, "incident_id": self.incident_id, "kind": self.kind,
                 "severity": self.severity, "level": self.level, "title": self.title,
-                "created_at": _iso(self.created_at)}
+                "created_at": iso(self.created_at)}
 
 
 class DeliveryStatus:
@@ -184,8 +185,8 @@ class AlertDelivery(db.Model):
         return {"id": self.id, "notification_id": self.notification_id,
                 "channel": self.channel, "target": self.target, "status": self.status,
                 "attempts": self.attempts, "last_error": self.last_error,
-                "next_attempt_at": _iso(self.next_attempt_at), "created_at": _iso(self.created_at),
-                "sent_at": _iso(self.sent_at)}
+                "next_attempt_at": iso(self.next_attempt_at), "created_at": iso(self.created_at),
+                "sent_at": iso(self.sent_at)}
 
 
 class AlertDeliveryAttempt(db.Model):
@@ -203,10 +204,6 @@ class AlertDeliveryAttempt(db.Model):
     error: Mapped[str | None] = mapped_column(String(500))
 
     def to_dict(self) -> dict:
-        return {"attempt": self.attempt, "started_at": _iso(self.started_at),
-                "finished_at": _iso(self.finished_at), "outcome": self.outcome,
+        return {"attempt": self.attempt, "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at), "outcome": self.outcome,
                 "error": self.error}
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat() + "Z"

@@ -8,6 +8,9 @@ its delivery, ends the transaction, makes the one HTTP/SMTP call, and records th
 and its outcome in a transaction of its own. A failed send is retried through the outbox
 with exponential backoff; the other deliveries of the same notice are separate jobs, so a
 channel that is down never holds up the others.
+
+`deliver` is the one place here that commits (see its docstring); everything else adds
+to the caller's transaction.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from service.alerts.models import (
     DeliveryStatus,
     Incident,
 )
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one
 from service.queues.outbox import add_jobs
@@ -203,7 +206,14 @@ def deliver(delivery_id: int, *, channels: dict[str, Channel] | None = None,
     """Send one delivery, if it is due and no other worker holds it, and record the attempt.
 
     A failed send is retried later through the outbox unless `retry` is false (a test
-    notice is a question about the channels now)."""
+    notice is a question about the channels now).
+
+    Commits on its own, on purpose: the claim is committed before the provider is called
+    (another worker must see the lease), the caller's transaction is ended before the call
+    (no HTTP or SMTP inside a transaction; call it with nothing pending), and the attempt
+    is committed right after it, so a send that happened is on record whatever the caller
+    does next (`flask alerts test` sends several in a row).
+    """
     config = current_app.config
     channels = current_app.extensions["alert_channels"] if channels is None else channels
     now = utcnow()
@@ -219,7 +229,7 @@ def deliver(delivery_id: int, *, channels: dict[str, Channel] | None = None,
     notification = db.session.get(AlertNotification, notification_id)
     body = notification.short_body if channel_name == "sms" else notification.body
     title = notification.title
-    # Nothing is held open while the provider is called.
+    # Only read since the claim: ended so nothing is held open while the provider is called.
     db.session.rollback()
 
     started = utcnow()
@@ -233,8 +243,15 @@ def deliver(delivery_id: int, *, channels: dict[str, Channel] | None = None,
         error = str(exc)[:500]
     except Exception as exc:  # a library bug or an unexpected error is a failed attempt too
         error = f"{channel_name}: {type(exc).__name__}"
-    return _record(delivery_id, attempt=attempt, started=started, error=error,
-                   channel=channel_name, notification_id=notification_id, retry=retry)
+    outcome = _record(delivery_id, attempt=attempt, started=started, error=error, retry=retry)
+    db.session.commit()
+    extra = {"delivery_id": delivery_id, "notification_id": notification_id,
+             "channel": channel_name, "attempt": attempt, "outcome": outcome.status}
+    if error is None:
+        log.info("alert delivered", extra=extra)
+    else:
+        log.warning("alert delivery failed", extra={**extra, "error": error})
+    return outcome
 
 
 def backoff_seconds(attempt: int, config) -> float:
@@ -244,7 +261,8 @@ def backoff_seconds(attempt: int, config) -> float:
 
 
 def _record(delivery_id: int, *, attempt: int, started: datetime, error: str | None,
-            channel: str, notification_id: int, retry: bool) -> Outcome:
+            retry: bool) -> Outcome:
+    """Add the attempt, move the delivery on, and queue its retry (the caller commits)."""
     config = current_app.config
     finished = utcnow()
     db.session.add(AlertDeliveryAttempt(delivery_id=delivery_id, attempt=attempt,
@@ -265,13 +283,6 @@ def _record(delivery_id: int, *, attempt: int, started: datetime, error: str | N
     db.session.execute(update(AlertDelivery).where(AlertDelivery.id == delivery_id,
                                                    AlertDelivery.status == DeliveryStatus.SENDING)
                        .values(**values))
-    db.session.commit()
-    extra = {"delivery_id": delivery_id, "notification_id": notification_id, "channel": channel,
-             "attempt": attempt, "outcome": status}
-    if error is None:
-        log.info("alert delivered", extra=extra)
-    else:
-        log.warning("alert delivery failed", extra={**extra, "error": error})
     return Outcome(delivery_id, status, attempt, error)
 
 

@@ -17,8 +17,8 @@ from flask import current_app
 from sqlalchemy import select
 
 from service.alerts.models import SEVERITIES, Incident, IncidentStatus
+from service.alerts.services import payment_events
 from service.extensions import db
-from service.webhooks import stats
 
 
 def _seconds(pairs) -> float | None:
@@ -49,7 +49,7 @@ def incident_report(*, since: datetime, until: datetime) -> dict:
     p1_met = (p1["mttr_seconds"] is None or p1["mttr_seconds"] < goal) and not overdue
 
     target = config["ALERT_SUCCESS_TARGET"]
-    seen = stats.outcomes(since=since, until=until)
+    seen = payment_events(current_app).outcomes(since=since, until=until)
     ratio = seen.success_ratio
     return {
         "since": since.isoformat() + "Z",

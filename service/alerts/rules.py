@@ -27,11 +27,10 @@ from flask import Flask
 from sqlalchemy import func, select, true
 
 from service.alerts.models import AlertSignal
-from service.alerts.services import intake_unavailability
+from service.alerts.services import PaymentEvents, intake_unavailability, payment_events
 from service.celery_app import queues
 from service.extensions import db
 from service.queues.depth import depths, oldest_wait_seconds
-from service.webhooks import stats
 
 _RULES = "racine.alert_rules"
 
@@ -87,6 +86,11 @@ class RuleContext:
     resolved_at: Callable[[str], datetime | None] = lambda _key: None
     claimed_kinds: frozenset[str] = frozenset()
     _cache: dict = field(default_factory=dict)
+
+    @property
+    def payments(self) -> PaymentEvents:
+        """Payment event figures, from the provider the webhooks domain registered."""
+        return payment_events(self.app)
 
     def window_start(self, key: str, seconds: float) -> datetime:
         start = self.now - timedelta(seconds=seconds)
@@ -150,7 +154,7 @@ class PaymentStallRule(BaseRule):
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         stall = ctx.config["ALERT_PAYMENT_STALL_SECONDS"]
         limit = ctx.now - timedelta(seconds=stall)
-        flow = stats.flow(now=ctx.now, window=timedelta(seconds=stall))
+        flow = ctx.payments.flow(now=ctx.now, window=timedelta(seconds=stall))
         if not flow.outstanding or flow.oldest_outstanding_at > limit:
             return []
         if flow.last_finished_at is not None and flow.last_finished_at > limit:
@@ -181,9 +185,9 @@ class PaymentFailureStreakRule(BaseRule):
     def evaluate(self, ctx: RuleContext) -> list[Finding]:
         streak = ctx.config["ALERT_FAILED_STREAK"]
         resolved = ctx.resolved_at(self.key())
-        latest = [row for row in stats.latest_outcomes(streak, now=ctx.now)
+        latest = [row for row in ctx.payments.latest_outcomes(streak, now=ctx.now)
                   if resolved is None or row[2] > resolved]
-        if len(latest) < streak or any(status != "failed" for _, status, _ in latest):
+        if len(latest) < streak or not all(failed for _, failed, _ in latest):
             return []
         ids = [event_pk for event_pk, _, _ in latest]
         since = min(received for _, _, received in latest)
@@ -209,7 +213,7 @@ class IntakeUnavailableRule(BaseRule):
         run = intake_unavailability(ctx.redis)
         if run is None or run.last < ctx.now - timedelta(seconds=gap):
             return []
-        last_stored = stats.last_stored_at(now=ctx.now)
+        last_stored = ctx.payments.last_stored_at(now=ctx.now)
         if last_stored is not None and last_stored >= run.last:
             return []  # an event was stored after the last 503: the intake is back
         start = run.first if last_stored is None else max(run.first, last_stored)
@@ -270,7 +274,7 @@ class SuccessRatioRule(BaseRule):
         target = ctx.config["ALERT_SUCCESS_TARGET"]
         volume = ctx.config["ALERT_SUCCESS_MIN_VOLUME"]
         start = ctx.window_start(self.key(), self.window)
-        seen = stats.outcomes(since=start, until=ctx.now)
+        seen = ctx.payments.outcomes(since=start, until=ctx.now)
         ratio = seen.success_ratio
         if seen.finished < volume or ratio is None or ratio >= target:
             return []

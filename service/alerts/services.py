@@ -1,8 +1,12 @@
 """The escalation policy's entry points for other domains and for responders.
 
-- `raise_signal`: any domain reports a symptom, in its own transaction.
+- `raise_signal`: any domain reports a symptom, in its own transaction (a slow job
+  through `raise_slow_job_signal`, which the queues domain calls).
 - `note_intake_unavailable`: the intake reports a 503 (the database could not store an
   event); kept in Redis, since the database is what failed.
+- `register_payment_events`: the domain that stores payment events (webhooks) tells the
+  policy where to read their figures, from its `init_app`; this package imports none of
+  its models.
 - `acknowledge` and `resolve`: the one place each responder action happens, whether it
   comes from the CLI, the admin API or the evaluation itself.
 """
@@ -13,14 +17,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import redis
+from flask import Flask
 from sqlalchemy import select
 
 from service.alerts.exceptions import IncidentNotFound, InvalidTransition
 from service.alerts.models import SEVERITIES, AlertSignal, Incident, IncidentStatus
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,7 @@ log = logging.getLogger(__name__)
 INTAKE_503_KEY = "racine:alerts:intake_503"
 MAX_REASON = 500
 MAX_ACTOR = 128
+_PAYMENT_EVENTS = "racine.alert_payment_events"
 
 
 def raise_signal(*, severity: str, kind: str, source: str, details: dict | None = None) -> AlertSignal:
@@ -38,6 +45,12 @@ def raise_signal(*, severity: str, kind: str, source: str, details: dict | None 
                          details=json.dumps(details or {}, default=str, sort_keys=True))
     db.session.add(signal)
     return signal
+
+
+def raise_slow_job_signal(*, task_name: str, details: dict) -> None:
+    """A slow job the queues domain recorded, as a P3 signal (listed for review, never
+    sent); registered with `service.queues.slowjobs.on_slow_job`."""
+    raise_signal(severity="P3", kind="slow_job", source=task_name, details=details)
 
 
 def note_intake_unavailable(client: redis.Redis, *, gap_seconds: int) -> None:
@@ -77,6 +90,68 @@ def intake_unavailability(client: redis.Redis) -> Unavailability | None:
 
 def _naive_utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Payment events arrived and finished in a window, and the work still waiting."""
+
+    arrived: int
+    finished: int
+    outstanding: int
+    oldest_outstanding_at: datetime | None
+    last_finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Payment events received in a period, by how they ended."""
+
+    succeeded: int
+    failed: int
+    outstanding: int
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def success_ratio(self) -> float | None:
+        return None if not self.finished else self.succeeded / self.finished
+
+
+class PaymentEvents(Protocol):
+    """Figures about the flow of payment events, read by the P0/P1 rules, the report and
+    the metrics. Every method takes its times from the caller (a controlled clock in
+    tests) and reads with indexed queries."""
+
+    def flow(self, *, now: datetime, window: timedelta) -> Flow:
+        """Arrivals and successful completions within `window` before `now`, and the
+        events still waiting at `now`."""
+
+    def latest_outcomes(self, count: int, *, now: datetime) -> list[tuple[int, bool, datetime]]:
+        """The last `count` events (received by `now`) that were applied or failed, newest
+        first: (event id, failed, received at). Events no handler takes are left out."""
+
+    def last_stored_at(self, *, now: datetime) -> datetime | None:
+        """When the intake last stored an event, at or before `now`."""
+
+    def outcomes(self, *, since: datetime, until: datetime) -> Outcomes:
+        """Events received in (`since`, `until`], by how they ended."""
+
+
+def register_payment_events(app: Flask, provider: PaymentEvents) -> None:
+    """Tell the escalation policy where payment event figures come from (called from the
+    init_app of the domain that stores the events)."""
+    app.extensions[_PAYMENT_EVENTS] = provider
+
+
+def payment_events(app: Flask) -> PaymentEvents:
+    provider = app.extensions.get(_PAYMENT_EVENTS)
+    if provider is None:
+        raise LookupError("no payment events provider registered (the webhooks domain "
+                          "registers one in its init_app)")
+    return provider
 
 
 def list_incidents(*, status: str = "active", severity: str | None = None,

@@ -1,4 +1,9 @@
-"""Celery tasks of the escalation policy (queue `default`)."""
+"""Celery tasks of the escalation policy (queue `default`).
+
+The base task (`service.celery_app.AppTask`) commits what a run did when it returns:
+the evaluation's incidents, notices and outbox jobs together. `deliver` is the exception
+and says why.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +22,20 @@ def evaluate() -> dict:
     except Exception as exc:
         if not outage.is_database_unreachable(exc):
             raise
+        # Nothing of the failed evaluation stands; the page needs no database.
         try:
             db.session.rollback()
-        except Exception:  # the connection is gone; the session is discarded below anyway
+        except Exception:  # the connection is gone: drop it with the session
             db.session.invalidate()
         return outage.page_database_unreachable(error=type(exc).__name__)
 
 
 @shared_task(name="alerts.deliver", ignore_result=True, acks_late=True)
 def deliver(delivery_id: int) -> str:
-    """Send one notice through one channel to one recipient; retries go through the outbox."""
+    """Send one notice through one channel to one recipient; retries go through the outbox.
+
+    `notify.deliver` commits on its own, on purpose: the claim stands before the provider
+    is called, no transaction is open during the call, and the attempt is recorded in a
+    transaction of its own right after it.
+    """
     return notify.deliver(delivery_id).status

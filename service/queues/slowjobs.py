@@ -1,18 +1,33 @@
-"""Slow-job detection: every task's runtime, and a record plus a P3 signal past a threshold."""
+"""Slow-job detection: every task's runtime, and past a threshold a record, handed to the
+listeners other domains registered (the escalation policy raises a P3 signal from it)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from datetime import datetime
+from typing import Protocol
 
-from flask import current_app
+from flask import Flask, current_app
 
-from service.alerts.services import raise_signal
 from service.extensions import db
 from service.queues.models import SlowJob
 
 log = logging.getLogger(__name__)
+
+_LISTENERS = "racine.slow_job_listeners"
+
+
+class SlowJobListener(Protocol):
+    def __call__(self, *, task_name: str, details: dict) -> None:
+        """Told of a slow job inside the transaction that records it (ids only in
+        `details`: task id, queue, runtime and threshold in seconds)."""
+
+
+def on_slow_job(app: Flask, listener: SlowJobListener) -> None:
+    """Tell `listener` of every slow job; called from another domain's `init_app`, so this
+    package imports none of the domains that care."""
+    app.extensions.setdefault(_LISTENERS, []).append(listener)
 
 
 def threshold_for(task, config=None) -> float:
@@ -39,6 +54,8 @@ def summarise_args(args, kwargs) -> str:
 
 def record_if_slow(*, task, task_id: str, queue: str | None, worker: str | None,
                    started_at: datetime, runtime: float, args, kwargs) -> SlowJob | None:
+    """Add a slow_jobs row past the task's threshold and tell the listeners; the caller
+    commits."""
     threshold = threshold_for(task)
     if runtime <= threshold:
         return None
@@ -46,10 +63,10 @@ def record_if_slow(*, task, task_id: str, queue: str | None, worker: str | None,
                   threshold_seconds=threshold, worker=worker, started_at=started_at,
                   args_summary=summarise_args(args, kwargs))
     db.session.add(job)
-    raise_signal(severity="P3", kind="slow_job", source=task.name,
-                 details={"task_id": task_id, "queue": queue,
-                          "runtime_seconds": round(runtime, 3), "threshold_seconds": threshold})
-    db.session.commit()
+    details = {"task_id": task_id, "queue": queue, "runtime_seconds": round(runtime, 3),
+               "threshold_seconds": threshold}
+    for listener in current_app.extensions.get(_LISTENERS, ()):
+        listener(task_name=task.name, details=details)
     log.warning("slow job", extra={"task": task.name, "task_id": task_id, "queue": queue,
                                    "duration_ms": round(runtime * 1000)})
     return job

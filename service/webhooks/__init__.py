@@ -5,13 +5,18 @@ import importlib
 from flask import Flask
 
 from service.celery_app import register
+from service.metrics import register as register_metrics
 
 
 def init_app(app: Flask) -> None:
+    from service.alerts.services import register_payment_events
+    from service.queues.health import register_backlog
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
     from service.webhooks.dedup import DedupCache, RedisTransmissionLog
+    from service.webhooks.metrics import ALL as METRICS
     from service.webhooks.paypal import PayPalVerifier
+    from service.webhooks.services import WebhookBacklog, WebhookPaymentEvents
     from service.webhooks.verifiers import StripeVerifier
     from service.webhooks.views import bp
 
@@ -35,6 +40,9 @@ def init_app(app: Flask) -> None:
     )
     app.register_blueprint(bp)
     app.cli.add_command(cli)
+    register_metrics(app, *METRICS)
+    register_backlog(app, "webhooks", WebhookBacklog())
+    register_payment_events(app, WebhookPaymentEvents())
     register(
         app, queue="webhooks",
         routes={"webhooks.process_event": "webhooks", "webhooks.*": "default"},

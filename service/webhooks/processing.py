@@ -6,6 +6,11 @@ status are committed together only while that lease is still this worker's. A me
 delivered twice (acks_late, relay, replay) therefore finds the row claimed or done and
 does nothing, and a worker killed mid-task leaves a lease that expires and lets the
 relay hand the event to another worker.
+
+This module commits on its own, on purpose (the one exception to "the base task owns
+the transaction"): the claim, the effects with the final status, a deferral and a
+failure each are a separate transaction whose commit is the point, since each must
+stand, or not, under the lease that was checked in it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.alerts.services import raise_signal
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one, run
 from service.orders.exceptions import OrdersError

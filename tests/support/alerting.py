@@ -75,7 +75,9 @@ def add_signals(count: int, *, kind: str, severity: str, at: datetime, source: s
 
 
 def evaluate_at(now: datetime):
+    """One evaluation at `now`, committed as the base task commits the beat entry's."""
     report = evaluate(now=now)
+    db.session.commit()
     db.session.remove()
     return report
 

@@ -96,12 +96,14 @@ def test_alert_settings_read_per_severity_maps_contacts_and_recipients(monkeypat
     monkeypatch.setenv("ALERT_RESPONSE_SECONDS", "P1=600, p2=1800")
     monkeypatch.setenv("ALERT_RECIPIENTS_P0", "devops@racine.example, +15550100001")
     monkeypatch.setenv("ALERT_ESCALATION_CONTACTS", "lead@racine.example,+15550100003; cto@racine.example")
+    monkeypatch.delenv("ALERT_RECIPIENTS_P1", raising=False)
 
     settings = _alert_settings()
 
     assert settings["ALERT_RESPONSE_SECONDS"] == {"P0": 300, "P1": 600, "P2": 1800}
     assert settings["ALERT_RECIPIENTS"]["P0"] == ["devops@racine.example", "+15550100001"]
-    assert settings["ALERT_RECIPIENTS"]["P3"] == []
+    assert settings["ALERT_RECIPIENTS"]["P1"] == []
+    assert "P3" not in settings["ALERT_RECIPIENTS"]  # P3 is only logged
     assert settings["ALERT_ESCALATION_CONTACTS"] == [["lead@racine.example", "+15550100003"],
                                                      ["cto@racine.example"]]
 

@@ -11,7 +11,7 @@ import base64
 
 import pytest
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from tests.support.alerting import (
     CTO,

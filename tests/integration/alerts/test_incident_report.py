@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import insert
 
 from service.alerts.models import Incident
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from tests.support.alerting import add_events
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from service.alerts.services import acknowledge, resolve
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.queues.depth import queue_keys
 from service.queues.publishing import publish

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from service.alerts.rules import BaseRule, Finding, register_rule
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.queues.publishing import publish
 from tests.support.alerting import (
     CTO,

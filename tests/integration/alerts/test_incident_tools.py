@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from tests.support.alerting import add_events, evaluate_at, incidents, minutes, notices, policy_app
 
 TOKEN = "incident-tools-token-0123456789"
