@@ -1,7 +1,8 @@
 """The escalation policy's entry points for other domains and for responders.
 
-- `raise_signal`: any domain reports a symptom, in its own transaction (a slow job
-  through `raise_slow_job_signal`, which the queues domain calls).
+- `raise_signal`: any domain reports a symptom, in the caller's transaction (slow jobs
+  arrive through `raise_slow_job_signal`, the listener this domain registers with the
+  queues domain).
 - `note_intake_unavailable`: the intake reports a 503 (the database could not store an
   event); kept in Redis, since the database is what failed.
 - `register_payment_events`: the domain that stores payment events (webhooks) tells the
