@@ -45,12 +45,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     _install_request_id(app)
 
-    from service import admin, alerts, erp, health, metrics, orders, queues, webhooks
+    from service import accounts, admin, alerts, audit, erp, health, metrics, orders, queues, webhooks
 
     # Each domain registers its blueprints, CLI, tables, queue, routes and beat entries;
     # queues are listed (queue health, metrics) in the order their domains come here.
     health.init_app(app)
     metrics.init_app(app)
+    audit.init_app(app)
+    accounts.init_app(app)
     alerts.init_app(app)
     webhooks.init_app(app)
     orders.init_app(app)

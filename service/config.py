@@ -137,7 +137,15 @@ def load_settings(instance_path: str) -> dict:
         "ALERT_SLACK_URL": os.environ.get("ALERT_SLACK_URL") or None,
         "ALERT_EMAIL_URL": os.environ.get("ALERT_EMAIL_URL") or None,
         "ALERT_SMS_URL": os.environ.get("ALERT_SMS_URL") or None,
+        # Bootstrap only: accepted as an admin until the first active admin user exists.
         "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),
+        # A token's last use is written at most this often (each use would be a write).
+        "TOKEN_LAST_USED_RESOLUTION_SECONDS": _env_int("TOKEN_LAST_USED_RESOLUTION_SECONDS", 60),
+        # Audit trail: partitions kept ready, how often beat checks, where archives go.
+        "AUDIT_PARTITIONS_AHEAD": _env_int("AUDIT_PARTITIONS_AHEAD", 3),
+        "AUDIT_PARTITION_CHECK_SECONDS": _env_float("AUDIT_PARTITION_CHECK_SECONDS", 6 * 3600.0),
+        "AUDIT_ARCHIVE_DIR": _env_str("AUDIT_ARCHIVE_DIR",
+                                      str(Path(instance_path) / "audit-archives")),
         "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or None,
     }
 

@@ -16,8 +16,18 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+
+def include_name(name, type_, _parent_names) -> bool:
+    """Alembic's filter: the monthly partitions of audit_logs (audit_logs_y2026m01...) are
+    managed by the audit domain, not by the models."""
+    from service.audit.partitions import is_partition_name
+
+    return not (type_ == "table" and name and is_partition_name(name))
+
+
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
-migrate = Migrate(render_as_batch=True, compare_type=True)
+migrate = Migrate(render_as_batch=True, compare_type=True, include_name=include_name)
 
 
 def configure_sqlite(engine: Engine) -> None:

@@ -49,6 +49,33 @@ class Product(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class StockAdjustment(db.Model):
+    """One change of a product's stock, with the stock before and after it.
+
+    `idempotency_key`, when the caller gives one (the ERP sync, a retried API call),
+    makes a repeat of the same adjustment return the first instead of applying twice.
+    """
+
+    __tablename__ = "stock_adjustments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    delta: Mapped[int]
+    stock_before: Mapped[int]
+    stock_after: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "product_id": self.product_id, "delta": self.delta,
+                "stock_before": self.stock_before, "stock_after": self.stock_after,
+                "reason": self.reason, "actor": self.actor,
+                "idempotency_key": self.idempotency_key,
+                "created_at": self.created_at.isoformat() + "Z"}
+
+
 class Order(db.Model):
     __tablename__ = "orders"
 
