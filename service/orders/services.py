@@ -14,10 +14,23 @@ from dataclasses import dataclass
 from sqlalchemy import DateTime, func, select
 
 from service import fastsql
+from service.audit import services as audit
+from service.audit.actor import Actor
+from service.audit.registry import critical, not_critical
 from service.db_types import utcnow
 from service.extensions import db
 from service.orders import states
-from service.orders.exceptions import InvalidAmount, OrderNotFound
+from service.orders.exceptions import (
+    CustomerNotFound,
+    IdempotencyConflict,
+    InsufficientStock,
+    InvalidAmount,
+    InvalidChange,
+    OrderNotFound,
+    PaymentMethodConflict,
+    PaymentMethodNotFound,
+    ProductNotFound,
+)
 from service.orders.models import (
     Customer,
     Fulfilment,
@@ -29,6 +42,7 @@ from service.orders.models import (
     PaymentMethod,
     Product,
     Refund,
+    StockAdjustment,
 )
 from service.queues import outbox
 
@@ -43,6 +57,8 @@ class Outcome:
     refused: str | None = None
 
 
+@not_critical("a provider capture: its record is the stored webhook event and the payments row; "
+              "auditing it would serialise the busiest path")
 def record_payment(
     *, order_id: int, provider: str, provider_payment_id: str, amount_cents: int,
     currency: str, source: str,
@@ -121,6 +137,7 @@ def _record_paid(order_id: int, current: str, *, source: str, now) -> str | None
     return refused
 
 
+@not_critical("a declined attempt moves no money; the webhook event is its record")
 def record_payment_failure(
     *, order_id: int, provider: str, provider_payment_id: str, amount_cents: int,
     currency: str, reason: str, source: str,
@@ -167,6 +184,7 @@ def record_refund(
     return Outcome(order.id, created, order.status, refused)
 
 
+@not_critical("a provider dispute notice moves no money by itself; the webhook event is its record")
 def record_dispute(
     *, order_id: int, provider: str, provider_payment_id: str | None, source: str,
 ) -> Outcome:
@@ -181,6 +199,7 @@ def record_dispute(
     return Outcome(order.id, before != order.status, order.status, refused)
 
 
+@not_critical("hands a paid order to fulfilment; changes neither money nor stock")
 def request_fulfilment(order_id: int) -> bool:
     """Hand a paid order to fulfilment, once; False when already requested or not paid."""
     order = _lock_order(order_id)
@@ -192,6 +211,7 @@ def request_fulfilment(order_id: int) -> bool:
     return True
 
 
+@not_critical("records a message sent")
 def send_order_notification(order_id: int, *, kind: str, notifier) -> bool:
     """Send one notification of `kind` per order; False when it was already sent.
 
@@ -210,6 +230,7 @@ def send_order_notification(order_id: int, *, kind: str, notifier) -> bool:
     return True
 
 
+@not_critical("reads")
 def order_id_for_payment(provider: str, provider_payment_id: str) -> int | None:
     """The order a provider payment belongs to, when it has been recorded."""
     return db.session.scalar(
@@ -219,12 +240,14 @@ def order_id_for_payment(provider: str, provider_payment_id: str) -> int | None:
     )
 
 
+@not_critical("reads")
 def refunded_cents(order_id: int) -> int:
     return db.session.scalar(
         select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(Refund.order_id == order_id)
     )
 
 
+@not_critical("creates a pending order; no money moves until it is paid")
 def create_order(*, customer_id: int, items: list[tuple[int, int]], currency: str = "EUR") -> Order:
     """Create a pending order from (product_id, quantity) pairs at current prices."""
     order = Order(customer_id=customer_id, currency=currency, status=states.PENDING)
@@ -243,6 +266,7 @@ def create_order(*, customer_id: int, items: list[tuple[int, int]], currency: st
     return order
 
 
+@not_critical("demo data for an empty database")
 def seed_demo_data(*, customers: int = 5, products: int = 8, orders: int = 20) -> dict:
     """Sample customers, products and pending orders; adds nothing when customers exist."""
     if db.session.scalar(select(func.count()).select_from(Customer)):
@@ -305,3 +329,186 @@ def _move(order: Order, target: str, *, source: str, reason: str) -> str | None:
 def _check_amount(amount_cents: int) -> None:
     if not isinstance(amount_cents, int) or amount_cents < 0:
         raise InvalidAmount(f"amount must be a non-negative integer of cents, got {amount_cents!r}")
+
+
+# ---- stock ---------------------------------------------------------------------------
+
+MAX_STOCK_DELTA = 1_000_000
+
+
+@dataclass(frozen=True)
+class StockOutcome:
+    adjustment: dict
+    created: bool  # False when an idempotency key replayed an earlier adjustment
+
+
+@critical("product.stock_adjust")
+def adjust_stock(*, product_id: int, delta: int, reason: str, actor: Actor,
+                 idempotency_key: str | None = None) -> StockOutcome:
+    """Change a product's stock by `delta`, never below zero; the caller commits.
+
+    The one way stock changes by hand or by the ERP sync. With `idempotency_key`, a
+    repeat of the same adjustment returns the first one and changes nothing; the same
+    key with another product or delta is an IdempotencyConflict.
+    """
+    if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0 or \
+            abs(delta) > MAX_STOCK_DELTA:
+        raise InvalidChange(f"delta must be a non-zero integer within ±{MAX_STOCK_DELTA}")
+    reason = _required_reason(reason)
+    # The product lock also serialises two requests racing with one idempotency key.
+    product = db.session.scalar(select(Product).where(Product.id == product_id)
+                                .with_for_update().execution_options(populate_existing=True))
+    if product is None:
+        raise ProductNotFound(f"product {product_id} does not exist")
+    if idempotency_key:
+        earlier = db.session.scalar(select(StockAdjustment).where(
+            StockAdjustment.idempotency_key == idempotency_key))
+        if earlier is not None:
+            if (earlier.product_id, earlier.delta) != (product_id, delta):
+                raise IdempotencyConflict("this idempotency key was used for another adjustment")
+            return StockOutcome(earlier.to_dict(), created=False)
+    before = product.stock
+    after = before + delta
+    if after < 0:
+        raise InsufficientStock(f"product {product.sku} has {before} in stock; "
+                                f"{delta} would take it below zero")
+    product.stock = after
+    adjustment = StockAdjustment(product_id=product.id, delta=delta, stock_before=before,
+                                 stock_after=after, reason=reason, actor=actor.label[:255],
+                                 idempotency_key=idempotency_key or None)
+    db.session.add(adjustment)
+    db.session.flush()
+    audit.record(action="product.stock_adjust", entity_type="product", entity_id=product.id,
+                 actor=actor, before={"stock": before}, after={"stock": after}, reason=reason,
+                 details={"sku": product.sku, "delta": delta, "adjustment_id": adjustment.id,
+                          "idempotency_key": idempotency_key})
+    return StockOutcome(adjustment.to_dict(), created=True)
+
+
+@not_critical("reads products")
+def find_product(ref: str | int) -> Product:
+    """A product by id or SKU."""
+    text_ref = str(ref).strip()
+    product = db.session.scalar(select(Product).where(Product.sku == text_ref))
+    if product is None and text_ref.isdigit():
+        product = db.session.get(Product, int(text_ref))
+    if product is None:
+        raise ProductNotFound(f"no product {text_ref!r}")
+    return product
+
+
+# ---- payment methods -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaymentMethodChange:
+    customer_id: int
+    payment_methods: list[dict]
+    payment_method_id: int | None
+
+
+@critical("payment_method.add")
+def add_payment_method(*, customer_id: int, provider: str, provider_ref: str,
+                       brand: str | None, last4: str | None, make_default: bool, actor: Actor,
+                       reason: str | None = None) -> PaymentMethodChange:
+    """Add a payment method to a customer (the default when asked, or when it is the first)."""
+    customer = _lock_customer(customer_id)
+    before = _payment_methods(customer.id)
+    if db.session.scalar(select(PaymentMethod.id).where(PaymentMethod.provider == provider,
+                                                        PaymentMethod.provider_ref == provider_ref)):
+        raise PaymentMethodConflict(f"{provider} payment method {provider_ref} is already known")
+    make_default = make_default or not before
+    if make_default:
+        _clear_default(customer.id)
+    method = PaymentMethod(customer_id=customer.id, provider=provider, provider_ref=provider_ref,
+                           brand=brand, last4=last4, is_default=make_default)
+    db.session.add(method)
+    db.session.flush()
+    return _record_method_change("payment_method.add", customer.id, method.id, before, actor,
+                                 reason)
+
+
+@critical("payment_method.set_default")
+def set_default_payment_method(*, customer_id: int, payment_method_id: int, actor: Actor,
+                               reason: str | None = None) -> PaymentMethodChange:
+    """Make one of the customer's payment methods the default."""
+    customer = _lock_customer(customer_id)
+    before = _payment_methods(customer.id)
+    method = _customer_method(customer.id, payment_method_id)
+    if method.is_default:
+        raise PaymentMethodConflict(f"payment method {payment_method_id} is already the default")
+    _clear_default(customer.id)
+    method.is_default = True
+    db.session.flush()
+    return _record_method_change("payment_method.set_default", customer.id, method.id, before,
+                                 actor, reason)
+
+
+@critical("payment_method.remove")
+def remove_payment_method(*, customer_id: int, payment_method_id: int, actor: Actor,
+                          reason: str | None = None) -> PaymentMethodChange:
+    """Remove a payment method. The default goes only when it is the last one: set
+    another default first, so a customer with methods always has a default."""
+    customer = _lock_customer(customer_id)
+    before = _payment_methods(customer.id)
+    method = _customer_method(customer.id, payment_method_id)
+    if method.is_default and len(before) > 1:
+        raise PaymentMethodConflict("this is the default payment method; make another one "
+                                    "the default before removing it")
+    db.session.delete(method)
+    db.session.flush()
+    return _record_method_change("payment_method.remove", customer.id, payment_method_id,
+                                 before, actor, reason)
+
+
+@not_critical("reads payment methods")
+def payment_methods_of(customer_id: int) -> list[dict]:
+    if db.session.get(Customer, customer_id) is None:
+        raise CustomerNotFound(f"customer {customer_id} does not exist")
+    return _payment_methods(customer_id)
+
+
+def _lock_customer(customer_id: int) -> Customer:
+    customer = db.session.scalar(select(Customer).where(Customer.id == customer_id)
+                                 .with_for_update())
+    if customer is None:
+        raise CustomerNotFound(f"customer {customer_id} does not exist")
+    return customer
+
+
+def _customer_method(customer_id: int, payment_method_id: int) -> PaymentMethod:
+    method = db.session.get(PaymentMethod, payment_method_id)
+    if method is None or method.customer_id != customer_id:
+        raise PaymentMethodNotFound(
+            f"customer {customer_id} has no payment method {payment_method_id}")
+    return method
+
+
+def _clear_default(customer_id: int) -> None:
+    for method in db.session.scalars(select(PaymentMethod).where(
+            PaymentMethod.customer_id == customer_id, PaymentMethod.is_default.is_(True))):
+        method.is_default = False
+    db.session.flush()
+
+
+def _payment_methods(customer_id: int) -> list[dict]:
+    # Provider, brand, last 4 digits and the default flag: what changed, no more.
+    return [{"id": m.id, "provider": m.provider, "brand": m.brand, "last4": m.last4,
+             "is_default": m.is_default}
+            for m in db.session.scalars(select(PaymentMethod).where(
+                PaymentMethod.customer_id == customer_id).order_by(PaymentMethod.id))]
+
+
+def _record_method_change(action: str, customer_id: int, method_id: int, before: list[dict],
+                          actor: Actor, reason: str | None) -> PaymentMethodChange:
+    after = _payment_methods(customer_id)
+    audit.record(action=action, entity_type="customer", entity_id=customer_id, actor=actor,
+                 before={"payment_methods": before}, after={"payment_methods": after},
+                 reason=reason, details={"payment_method_id": method_id})
+    return PaymentMethodChange(customer_id, after, method_id)
+
+
+def _required_reason(reason: str | None) -> str:
+    reason = (reason or "").strip()
+    if not reason or len(reason) > 500:
+        raise InvalidChange("a reason of 1 to 500 characters is required")
+    return reason

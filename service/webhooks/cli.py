@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
+from service.audit.actor import Actor
 from service.cli_utils import Duration, echo_json, echo_table
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
@@ -82,9 +83,10 @@ def show_event(event_pk, as_json):
 @click.option("--id", "failure_id", type=int, help="One failure, by its id in webhook_failures.")
 @click.option("--provider", type=click.Choice(["stripe", "paypal"]))
 @click.option("--dry-run", is_flag=True, help="Show what would be retried; change nothing.")
-@click.option("--actor", default="cli", show_default=True, help="Who asks, for the audit trail.")
+@click.option("--reason", help="Why, for the audit trail (one row per retried event, with "
+              "the operating-system user as actor).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def retry(since, failure_id, provider, dry_run, actor, as_json):
+def retry(since, failure_id, provider, dry_run, reason, as_json):
     """Re-enqueue unresolved failures. Exit 0 when all were enqueued, 1 otherwise."""
     if since is None and failure_id is None and provider is None:
         raise click.UsageError("say which failures: --since, --id or --provider")
@@ -103,7 +105,7 @@ def retry(since, failure_id, provider, dry_run, actor, as_json):
     counts = {"enqueued": 0, "left_for_relay": 0, "skipped": 0}
     with click.progressbar(length=len(failures), label="retrying", file=sys.stderr,
                            show_pos=True) as bar:
-        for outcome in retry_failures(failures, actor=actor):
+        for outcome in retry_failures(failures, actor=Actor.cli(), reason=reason):
             counts[outcome.result] += 1
             bar.update(1)
     summary = {"selected": len(failures), **counts}

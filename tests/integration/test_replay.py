@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from service.audit.actor import Actor
 from service.db_types import utcnow
 from service.extensions import db
 from service.webhooks.models import WebhookEvent, WebhookFailure
@@ -34,7 +35,8 @@ def test_replay_requeues_a_failed_event_but_leaves_one_a_worker_is_processing(ct
                           lease_expires_at=now - timedelta(seconds=1))
 
     outcomes = {o.event_pk: o.result
-                for o in retry_failures(select_failures(Selection()), actor="test")}
+                for o in retry_failures(select_failures(Selection()),
+                                                 actor=Actor.system("test"))}
 
     assert outcomes[busy] == "skipped"
     assert outcomes[failed] != "skipped" and outcomes[stale] != "skipped"
