@@ -146,6 +146,16 @@ def load_settings(instance_path: str) -> dict:
         "AUDIT_PARTITION_CHECK_SECONDS": _env_float("AUDIT_PARTITION_CHECK_SECONDS", 6 * 3600.0),
         "AUDIT_ARCHIVE_DIR": _env_str("AUDIT_ARCHIVE_DIR",
                                       str(Path(instance_path) / "audit-archives")),
+        # Provider refund calls (admin-initiated refunds).
+        "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY") or None,
+        "STRIPE_API_BASE": _env_str("STRIPE_API_BASE", "https://api.stripe.com"),
+        "PAYPAL_API_BASE": _env_str("PAYPAL_API_BASE", "https://api-m.paypal.com"),
+        "PAYPAL_CLIENT_ID": os.environ.get("PAYPAL_CLIENT_ID") or None,
+        "PAYPAL_CLIENT_SECRET": os.environ.get("PAYPAL_CLIENT_SECRET") or None,
+        "REFUND_PROVIDER_TIMEOUT_SECONDS": _env_float("REFUND_PROVIDER_TIMEOUT_SECONDS", 10.0),
+        # A refund left pending this long (the process died, the provider timed out) is
+        # asked of the provider again, with the same key, when its request is repeated.
+        "REFUND_PENDING_RETRY_SECONDS": _env_int("REFUND_PENDING_RETRY_SECONDS", 60),
         "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or None,
     }
 

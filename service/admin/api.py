@@ -25,17 +25,23 @@ from service.audit.services import AuditFilter, list_logs
 from service.cli_utils import parse_duration, parse_time_point
 from service.db_types import utcnow
 from service.extensions import db
+from service.orders import refunds
 from service.orders import services as orders
 from service.orders.exceptions import (
     CustomerNotFound,
     IdempotencyConflict,
     InsufficientStock,
+    InvalidAmount,
     InvalidChange,
+    OrderNotFound,
     OrdersError,
     PaymentMethodConflict,
     PaymentMethodNotFound,
     ProductNotFound,
+    RefundInProgress,
+    RefundNotAllowed,
 )
+from service.orders.models import Order
 from service.queues.health import queue_health
 from service.webhooks.replay import Selection, retry_failures, select_failures
 
@@ -49,6 +55,8 @@ _ORDERS_ERRORS = {
     PaymentMethodNotFound: (404, "not_found"), InvalidChange: (400, "validation_failed"),
     InsufficientStock: (422, "insufficient_stock"),
     PaymentMethodConflict: (409, "conflict"), IdempotencyConflict: (409, "idempotency_conflict"),
+    RefundInProgress: (409, "in_progress"), RefundNotAllowed: (422, "refund_not_allowed"),
+    OrderNotFound: (404, "not_found"), InvalidAmount: (400, "validation_failed"),
 }
 _ACCOUNTS_ERRORS = {
     UserNotFound: (404, "not_found"), TokenNotFound: (404, "not_found"),
@@ -172,6 +180,44 @@ def change_payment_method(customer_id: int, body: schemas.PaymentMethodChangeIn)
     return jsonify(customer_id=customer_id, action=change.action,
                    payment_method_id=outcome.payment_method_id,
                    payment_methods=outcome.payment_methods)
+
+
+# ---- refunds -------------------------------------------------------------------------
+
+@api.operation("POST", "/orders/<int:order_id>/refunds", summary="Refund an order, fully or "
+               "in part", role=Role.OPERATOR, tags=("orders",), body=schemas.RefundIn,
+               responses={201: "Refunded (or the stored answer for this key)", 404: "",
+                          409: "Key reused with another body, or still in progress",
+                          422: "Over the refundable amount, or refused by the provider",
+                          502: "Provider unreachable: repeat with the same key"},
+               headers={IDEMPOTENCY_HEADER: (True, "One per refund: the same key and body "
+                                             "get the same answer and never a second refund")})
+def refund_order(order_id: int, body: schemas.RefundIn):
+    """Never more than captured minus refunded (and refunds in progress), also under
+    concurrent requests. The provider's later refund webhook matches this refund."""
+    result = refunds.refund_order(order_id=order_id, amount_cents=body.amount_cents,
+                                  reason=body.reason, idempotency_key=_idempotency_key(required=True),
+                                  actor=_actor())
+    refund = result.request
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    if refund["status"] == "failed":
+        return error_response(422, "refund_declined", refund["error"] or "refused by the provider",
+                              details=refund, headers=headers)
+    if refund["status"] == "pending":
+        return error_response(502, "provider_unavailable", "the provider's answer is unknown; "
+                              "repeat the request with the same Idempotency-Key",
+                              details=refund, headers=headers)
+    return jsonify(refund), 201, headers
+
+
+@api.operation("GET", "/orders/<int:order_id>", summary="An order, its refunds and refund "
+               "requests", role=Role.VIEWER, tags=("orders",), responses={200: "OK", 404: ""})
+def order(order_id: int):
+    found = db.session.get(Order, order_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"order {order_id} does not exist")
+    return jsonify({**found.to_dict(), "refunded_cents": orders.refunded_cents(order_id),
+                    "refund_requests": refunds.refund_requests_of(order_id)})
 
 
 # ---- webhook failures ----------------------------------------------------------------

@@ -39,3 +39,11 @@ class PaymentMethodConflict(OrdersError):
 
 class IdempotencyConflict(OrdersError):
     """An idempotency key was used before for a different request."""
+
+
+class RefundNotAllowed(OrdersError):
+    """The refund would exceed what was captured minus what is refunded or reserved."""
+
+
+class RefundInProgress(OrdersError):
+    """A refund with this idempotency key is still being processed."""

@@ -151,6 +151,37 @@ class Refund(db.Model):
     order: Mapped[Order] = relationship(back_populates="refunds")
 
 
+class RefundRequest(db.Model):
+    """A refund asked by an operator: reserved (pending) before the provider is called,
+    then succeeded (with the provider's refund id) or failed. One per idempotency key."""
+
+    __tablename__ = "refund_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    amount_cents: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(500))
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_payment_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending|succeeded|failed
+    provider_refund_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "order_id": self.order_id, "status": self.status,
+                "amount_cents": self.amount_cents, "currency": self.currency,
+                "reason": self.reason, "provider": self.provider,
+                "provider_payment_id": self.provider_payment_id,
+                "provider_refund_id": self.provider_refund_id, "error": self.error,
+                "actor": self.actor, "created_at": self.created_at.isoformat() + "Z"}
+
+
 class OrderStatusChange(db.Model):
     """Every status move asked of an order, applied or refused, and why."""
 

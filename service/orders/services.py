@@ -156,11 +156,18 @@ def record_payment_failure(
     return Outcome(order.id, created, order.status, refused)
 
 
+@critical("order.refund")
 def record_refund(
     *, order_id: int, provider: str, provider_refund_id: str, amount_cents: int,
     currency: str, source: str, provider_payment_id: str | None = None,
+    actor: Actor | None = None, reason: str | None = None, details: dict | None = None,
 ) -> Outcome:
-    """Record a refund once, then move the order to partially refunded or refunded."""
+    """Record a refund once, then move the order to partially refunded or refunded.
+
+    A new refund writes its `order.refund` audit row, with the provider as actor unless
+    an operator's `actor` is given; one already recorded (the provider's webhook for a
+    refund an operator made) changes nothing and writes nothing.
+    """
     _check_amount(amount_cents)
     order = _lock_order(order_id)
     existing = db.session.scalar(
@@ -169,6 +176,7 @@ def record_refund(
         )
     )
     created = existing is None
+    before = {"status": order.status, "refunded_cents": refunded_cents(order.id)}
     if created:
         db.session.add(Refund(
             order_id=order.id, provider=provider, provider_refund_id=provider_refund_id,
@@ -181,6 +189,15 @@ def record_refund(
     refused = None
     if order.status != target:
         refused = _move(order, target, source=source, reason=f"refunded {refunded} cents")
+    if created:
+        audit.record(action="order.refund", entity_type="order", entity_id=order.id,
+                     actor=actor or Actor.system(provider), before=before,
+                     after={"status": order.status, "refunded_cents": refunded},
+                     reason=reason, details={
+                         "amount_cents": amount_cents, "currency": currency.upper(),
+                         "provider": provider, "provider_refund_id": provider_refund_id,
+                         "provider_payment_id": provider_payment_id, "source": source,
+                         **(details or {})})
     return Outcome(order.id, created, order.status, refused)
 
 

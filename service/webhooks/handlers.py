@@ -10,12 +10,11 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from service.orders import services as orders
+from service.orders.money import exponent
 from service.webhooks.exceptions import PermanentError
 
 Handler = Callable[[dict, str], object]
 
-# Currencies without minor units (ISO 4217 exponent 0) that PayPal may send.
-_ZERO_DECIMAL = {"JPY", "HUF", "TWD", "KRW", "CLP", "VND", "ISK"}
 
 _HANDLERS: dict[tuple[str, str], Handler] = {}
 
@@ -142,8 +141,7 @@ def _paypal_amount(resource: dict) -> tuple[int, str]:
         value = Decimal(str(amount.get("value", "0")))
     except InvalidOperation as exc:
         raise PermanentError("amount.value is not a number") from exc
-    exponent = 0 if currency in _ZERO_DECIMAL else 2
-    return int((value * (10 ** exponent)).to_integral_value()), currency
+    return int((value * (10 ** exponent(currency))).to_integral_value()), currency
 
 
 def _paypal_capture_id_of_refund(resource: dict) -> str | None:

@@ -1,0 +1,221 @@
+"""Refunds an operator asks for through the admin API, against local stand-ins for the
+Stripe and PayPal refund APIs: idempotency, limits (also under concurrency), provider
+refusals and outages, and the provider's later webhook matching the recorded refund."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+import requests
+
+from service.extensions import db
+from service.orders import services
+from service.orders.gateways import gateways_from_config
+from service.webhooks import processing
+from tests.support.admin import caller, make_user
+from tests.support.db import rows, scalar
+from tests.support.events import charge_refunded, make_order, stripe_event, stripe_headers
+from tests.support.processes import start_gunicorn
+from tests.support.providers import FakeProvider, provider_settings
+
+
+@pytest.fixture
+def providers(clean):
+    stripe, paypal = FakeProvider("stripe"), FakeProvider("paypal")
+    saved = clean.extensions["refund_gateways"]
+    clean.extensions["refund_gateways"] = gateways_from_config(
+        {**clean.config, **provider_settings(stripe, paypal)})
+    yield stripe, paypal
+    clean.extensions["refund_gateways"] = saved
+    stripe.stop()
+    paypal.stop()
+
+
+@pytest.fixture
+def operator(clean):
+    return caller(clean, "operator")
+
+
+def paid_order(app, *, total=1000, provider="stripe", payment_id=None) -> tuple[int, str]:
+    payment_id = payment_id or (f"pi_{uuid.uuid4().hex[:12]}" if provider == "stripe"
+                                else f"CAP{uuid.uuid4().hex[:10].upper()}")
+    with app.app_context():
+        order_id = make_order(total_cents=total)
+        services.record_payment(order_id=order_id, provider=provider,
+                                provider_payment_id=payment_id, amount_cents=total,
+                                currency="EUR", source="test")
+        db.session.commit()
+        db.session.remove()
+    return order_id, payment_id
+
+
+def refund(who, order_id, amount, *, key=None, reason="customer asked"):
+    headers = {} if key is False else {"Idempotency-Key": key or uuid.uuid4().hex}
+    return who.post(f"/api/admin/orders/{order_id}/refunds",
+                    json={"amount_cents": amount, "reason": reason}, headers=headers)
+
+
+def test_partial_refund_calls_stripe_records_the_refund_and_one_audit_row(clean, providers,
+                                                                        operator):
+    stripe, _ = providers
+    order_id, intent = paid_order(clean)
+    response = refund(operator, order_id, 300)
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert body["status"] == "succeeded" and body["provider_refund_id"].startswith("re_")
+    assert stripe.calls == [{"key": f"racine-refund-{body['id']}", "payment": intent,
+                             "amount": 300}]
+    with clean.app_context():
+        assert rows("SELECT provider_refund_id, amount_cents FROM refunds") == [
+            {"provider_refund_id": body["provider_refund_id"], "amount_cents": 300}]
+        assert scalar("SELECT status FROM orders WHERE id = :id", id=order_id) == \
+            "partially_refunded"
+        logs = rows("SELECT * FROM audit_logs WHERE action = 'order.refund'")
+    assert len(logs) == 1
+    log = logs[0]
+    meta = json.loads(log["metadata"])
+    assert (log["entity_type"], log["entity_id"], log["actor"]) == (
+        "order", str(order_id), f"user:{operator.email}")
+    assert (log["ip_address"], log["user_agent"], log["reason"]) == (
+        "127.0.0.1", "racine-tests/1.0", "customer asked")
+    assert log["token_prefix"] and operator.token.startswith(log["token_prefix"])
+    assert meta["before"] == {"status": "paid", "refunded_cents": 0}
+    assert meta["after"] == {"status": "partially_refunded", "refunded_cents": 300}
+
+
+def test_refunds_never_exceed_what_was_captured(clean, providers, operator):
+    order_id, _ = paid_order(clean)
+    assert refund(operator, order_id, 700).status_code == 201
+    over = refund(operator, order_id, 301)
+    assert over.status_code == 422
+    assert over.get_json()["error"] == "refund_not_allowed"
+    assert refund(operator, order_id, 300).status_code == 201
+    assert refund(operator, order_id, 1).status_code == 422
+    with clean.app_context():
+        assert scalar("SELECT sum(amount_cents) FROM refunds") == 1000
+        assert scalar("SELECT status FROM orders WHERE id = :id", id=order_id) == "refunded"
+
+
+def test_same_key_and_body_get_the_same_answer_and_no_second_refund(clean, providers, operator):
+    stripe, _ = providers
+    order_id, _ = paid_order(clean)
+    first = refund(operator, order_id, 250, key="refund-abc")
+    again = refund(operator, order_id, 250, key="refund-abc")
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(stripe.calls) == 1
+    other = refund(operator, order_id, 260, key="refund-abc")
+    assert (other.status_code, other.get_json()["error"]) == (409, "idempotency_conflict")
+    with clean.app_context():
+        assert scalar("SELECT count(*) FROM refunds") == 1
+        assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'order.refund'") == 1
+
+
+def test_a_refund_needs_an_idempotency_key_and_a_valid_body(clean, providers, operator):
+    order_id, _ = paid_order(clean)
+    missing = refund(operator, order_id, 100, key=False)
+    assert (missing.status_code, missing.get_json()["error"]) == (400, "idempotency_key_required")
+    for body in ({"amount_cents": "100", "reason": "x"}, {"amount_cents": 0, "reason": "x"},
+                 {"amount_cents": 100}, {"amount_cents": 100, "reason": "x", "extra": 1}):
+        response = operator.post(f"/api/admin/orders/{order_id}/refunds", json=body,
+                                 headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert (response.status_code, response.get_json()["error"]) == (400, "validation_failed")
+    assert refund(operator, 999999, 100).status_code == 404
+
+
+def test_a_declined_refund_fails_and_releases_its_reservation(clean, providers, operator):
+    stripe, _ = providers
+    order_id, _ = paid_order(clean)
+    stripe.mode = "decline"
+    declined = refund(operator, order_id, 1000, key="k-declined")
+    assert (declined.status_code, declined.get_json()["error"]) == (422, "refund_declined")
+    assert declined.get_json()["details"]["status"] == "failed"
+    replay = refund(operator, order_id, 1000, key="k-declined")
+    assert replay.status_code == 422
+    assert replay.get_json()["details"] == declined.get_json()["details"]
+    stripe.mode = "ok"
+    assert refund(operator, order_id, 1000).status_code == 201
+    with clean.app_context():
+        assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'order.refund'") == 1
+
+
+def test_an_unknown_provider_outcome_stays_pending_and_the_same_key_completes_it(
+        clean, providers, operator, monkeypatch):
+    stripe, _ = providers
+    order_id, _ = paid_order(clean)
+    stripe.mode = "error"
+    unknown = refund(operator, order_id, 400, key="k-outage")
+    assert (unknown.status_code, unknown.get_json()["error"]) == (502, "provider_unavailable")
+    # The reservation holds while the outcome is unknown.
+    assert refund(operator, order_id, 700).status_code == 422
+    assert refund(operator, order_id, 400, key="k-outage").status_code == 409
+    stripe.mode = "ok"
+    monkeypatch.setitem(clean.config, "REFUND_PENDING_RETRY_SECONDS", 0)
+    done = refund(operator, order_id, 400, key="k-outage")
+    assert done.status_code == 201
+    assert len(stripe.refunds) == 1
+    with clean.app_context():
+        assert scalar("SELECT sum(amount_cents) FROM refunds") == 400
+
+
+def test_the_providers_charge_refunded_webhook_matches_the_refund_already_recorded(
+        clean, providers, operator):
+    order_id, intent = paid_order(clean)
+    refund_id = refund(operator, order_id, 300).get_json()["provider_refund_id"]
+    body, _ = stripe_event("charge.refunded", charge_refunded(
+        order_id, intent_id=intent, amount=1000, refunds=[(refund_id, 300)]))
+    client = clean.test_client()
+    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    with clean.app_context():
+        pk = scalar("SELECT id FROM webhook_events WHERE event_type = 'charge.refunded'")
+        assert processing.apply(processing.claim(pk, lease_seconds=30)) == "processed"
+        assert scalar("SELECT sum(amount_cents) FROM refunds") == 300
+        assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'order.refund'") == 1
+
+
+def test_paypal_refunds_go_through_the_paypal_rest_call(clean, providers, operator):
+    _, paypal = providers
+    order_id, capture = paid_order(clean, provider="paypal")
+    response = refund(operator, order_id, 1000)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["provider_refund_id"].startswith("RF")
+    assert paypal.calls[0]["payment"] == capture and paypal.calls[0]["amount"] == 1000
+    with clean.app_context():
+        assert scalar("SELECT status FROM orders WHERE id = :id", id=order_id) == "refunded"
+
+
+def test_concurrent_partial_refunds_through_the_api_never_over_refund(clean, providers,
+                                                                    tmp_path):
+    stripe, paypal = providers
+    stripe.delay = 0.05
+    order_id, _ = paid_order(clean, total=1000)
+    with clean.app_context():
+        _, _, token = make_user("operator", email="racer@racine.test")
+        db.session.remove()
+    env = {k: str(v) for k, v in provider_settings(stripe, paypal).items()}
+    server, base = start_gunicorn(tmp_path, workers=2, threads=4, env=env)
+    results = []
+    try:
+        def attempt():
+            response = requests.post(
+                f"{base}/api/admin/orders/{order_id}/refunds", timeout=30,
+                json={"amount_cents": 300, "reason": "race"},
+                headers={"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex})
+            results.append(response.status_code)
+
+        threads = [threading.Thread(target=attempt) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.stop()
+    assert sorted(results) == [201] * 3 + [422] * 5
+    assert stripe.refunded_total() == 900
+    with clean.app_context():
+        assert scalar("SELECT sum(amount_cents) FROM refunds") == 900
+        assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'order.refund'") == 3

@@ -1,0 +1,102 @@
+"""Local HTTP servers standing in for Stripe's and PayPal's refund APIs (127.0.0.1).
+
+Each honours idempotency keys as the real provider does (the same key returns the same
+refund), records every call, and can be told to decline or fail the next refunds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+
+class FakeProvider:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.calls: list[dict] = []
+        self.refunds: dict[str, dict] = {}  # idempotency key -> refund
+        self.mode = "ok"  # ok | decline | error
+        self.delay = 0.0
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def refunded_total(self) -> int:
+        return sum(r["amount"] for r in self.refunds.values())
+
+    def _refund(self, key: str, payment: str, amount: int) -> tuple[int, dict]:
+        time.sleep(self.delay)
+        with self._lock:
+            self.calls.append({"key": key, "payment": payment, "amount": amount})
+            if key in self.refunds:
+                return 200, self.refunds[key]["body"]
+            if self.mode == "error":
+                return 500, {"error": {"type": "api_error", "message": "boom"}}
+            if self.mode == "decline":
+                if self.kind == "stripe":
+                    return 400, {"error": {"type": "invalid_request_error",
+                                           "code": "charge_already_refunded",
+                                           "message": "declined"}}
+                return 422, {"name": "UNPROCESSABLE_ENTITY",
+                             "details": [{"issue": "CAPTURE_FULLY_REFUNDED"}]}
+            refund_id = (f"re_{uuid.uuid4().hex[:16]}" if self.kind == "stripe"
+                         else f"RF{uuid.uuid4().hex[:14].upper()}")
+            body = ({"id": refund_id, "object": "refund", "status": "succeeded",
+                     "amount": amount, "currency": "eur", "payment_intent": payment}
+                    if self.kind == "stripe" else {"id": refund_id, "status": "COMPLETED"})
+            self.refunds[key] = {"amount": amount, "payment": payment, "body": body}
+            return 200, body
+
+    def _handler(self):
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                if provider.kind == "stripe" and self.path == "/v1/refunds":
+                    if not self.headers.get("Authorization", "").startswith("Bearer sk_"):
+                        return self._answer(401, {"error": {"type": "invalid_request_error"}})
+                    form = {k: v[0] for k, v in parse_qs(raw).items()}
+                    return self._answer(*provider._refund(
+                        self.headers.get("Idempotency-Key", ""), form["payment_intent"],
+                        int(form["amount"])))
+                if provider.kind == "paypal" and self.path == "/v1/oauth2/token":
+                    return self._answer(200, {"access_token": "A21-test", "expires_in": 32400})
+                if provider.kind == "paypal" and self.path.startswith("/v2/payments/captures/"):
+                    if self.headers.get("Authorization") != "Bearer A21-test":
+                        return self._answer(401, {"name": "AUTHENTICATION_FAILURE"})
+                    body = json.loads(raw)
+                    capture = self.path.split("/")[4]
+                    cents = round(float(body["amount"]["value"]) * 100)
+                    return self._answer(*provider._refund(
+                        self.headers.get("PayPal-Request-Id", ""), capture, cents))
+                return self._answer(404, {"error": "no such route"})
+
+        return Handler
+
+
+def provider_settings(stripe: FakeProvider, paypal: FakeProvider) -> dict:
+    return {"STRIPE_API_KEY": "sk_test_local", "STRIPE_API_BASE": stripe.url,
+            "PAYPAL_API_BASE": paypal.url, "PAYPAL_CLIENT_ID": "client",
+            "PAYPAL_CLIENT_SECRET": "secret", "REFUND_PROVIDER_TIMEOUT_SECONDS": 5.0}
