@@ -12,44 +12,17 @@ import pytest
 import requests
 
 from service.extensions import db
-from service.orders import services
-from service.orders.gateways import gateways_from_config
 from service.webhooks import processing
 from tests.support.admin import caller, make_user
 from tests.support.db import rows, scalar
-from tests.support.events import charge_refunded, make_order, stripe_event, stripe_headers
+from tests.support.events import charge_refunded, stripe_event, stripe_headers
 from tests.support.processes import start_gunicorn
-from tests.support.providers import FakeProvider, provider_settings
-
-
-@pytest.fixture
-def providers(clean):
-    stripe, paypal = FakeProvider("stripe"), FakeProvider("paypal")
-    saved = clean.extensions["refund_gateways"]
-    clean.extensions["refund_gateways"] = gateways_from_config(
-        {**clean.config, **provider_settings(stripe, paypal)})
-    yield stripe, paypal
-    clean.extensions["refund_gateways"] = saved
-    stripe.stop()
-    paypal.stop()
+from tests.support.providers import paid_order, provider_settings
 
 
 @pytest.fixture
 def operator(clean):
     return caller(clean, "operator")
-
-
-def paid_order(app, *, total=1000, provider="stripe", payment_id=None) -> tuple[int, str]:
-    payment_id = payment_id or (f"pi_{uuid.uuid4().hex[:12]}" if provider == "stripe"
-                                else f"CAP{uuid.uuid4().hex[:10].upper()}")
-    with app.app_context():
-        order_id = make_order(total_cents=total)
-        services.record_payment(order_id=order_id, provider=provider,
-                                provider_payment_id=payment_id, amount_cents=total,
-                                currency="EUR", source="test")
-        db.session.commit()
-        db.session.remove()
-    return order_id, payment_id
 
 
 def refund(who, order_id, amount, *, key=None, reason="customer asked"):

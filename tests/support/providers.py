@@ -13,6 +13,13 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+import pytest
+
+from service.extensions import db
+from service.orders import services
+from service.orders.gateways import gateways_from_config
+from tests.support.events import make_order
+
 
 class FakeProvider:
     def __init__(self, kind: str):
@@ -100,3 +107,30 @@ def provider_settings(stripe: FakeProvider, paypal: FakeProvider) -> dict:
     return {"STRIPE_API_KEY": "sk_test_local", "STRIPE_API_BASE": stripe.url,
             "PAYPAL_API_BASE": paypal.url, "PAYPAL_CLIENT_ID": "client",
             "PAYPAL_CLIENT_SECRET": "secret", "REFUND_PROVIDER_TIMEOUT_SECONDS": 5.0}
+
+
+@pytest.fixture
+def providers(clean):
+    stripe, paypal = FakeProvider("stripe"), FakeProvider("paypal")
+    saved = clean.extensions["refund_gateways"]
+    clean.extensions["refund_gateways"] = gateways_from_config(
+        {**clean.config, **provider_settings(stripe, paypal)})
+    yield stripe, paypal
+    clean.extensions["refund_gateways"] = saved
+    stripe.stop()
+    paypal.stop()
+
+
+def paid_order(app, *, total=1000, provider="stripe", payment_id=None) -> tuple[int, str]:
+    payment_id = payment_id or (f"pi_{uuid.uuid4().hex[:12]}" if provider == "stripe"
+                                else f"CAP{uuid.uuid4().hex[:10].upper()}")
+    with app.app_context():
+        order_id = make_order(total_cents=total)
+        services.record_payment(order_id=order_id, provider=provider,
+                                provider_payment_id=payment_id, amount_cents=total,
+                                currency="EUR", source="test")
+        db.session.commit()
+        db.session.remove()
+    return order_id, payment_id
+
+
