@@ -7,5 +7,5 @@ def init_app(app: Flask) -> None:
     from service.admin import errors
     from service.admin.api import bp
 
-    errors.install(app, bp)
+    errors.install(app)
     app.register_blueprint(bp)

@@ -19,7 +19,7 @@ from service.accounts.exceptions import (
 )
 from service.accounts.models import Role
 from service.admin import schemas
-from service.admin.errors import ApiError, error_response
+from service.admin.errors import ApiError, error_response, install_blueprint_handlers
 from service.admin.spec import AdminApi
 from service.audit.services import AuditFilter, list_logs
 from service.cli_utils import parse_duration, parse_time_point
@@ -47,6 +47,7 @@ from service.webhooks.replay import Selection, retry_failures, select_failures
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 api = AdminApi(bp, title="Racine admin API", version="1")
+install_blueprint_handlers(bp)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service.extensions import db
@@ -40,13 +40,24 @@ def _http_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_")
 
 
-def install(app: Flask, blueprint) -> None:
-    """Answer API errors, including the router's 404/405 under /api/admin/, in the shape."""
+def install_blueprint_handlers(blueprint) -> None:
+    """Answer ApiError and unexpected errors of the blueprint's views in the shape.
+    Called once, where the blueprint is defined (a blueprint is set up before use)."""
 
     @blueprint.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         db.session.rollback()
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @blueprint.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        db.session.rollback()
+        current_app.logger.exception("admin API error", extra={"path": request.path})
+        return error_response(500, "internal_error", "the request could not be completed")
+
+
+def install(app: Flask) -> None:
+    """Answer the router's own errors (404, 405) under /api/admin/ in the shape too."""
 
     def _http_error(exc: HTTPException):
         if not request.path.startswith(PREFIX):
@@ -57,9 +68,3 @@ def install(app: Flask, blueprint) -> None:
                               headers=headers)
 
     app.register_error_handler(HTTPException, _http_error)
-
-    @blueprint.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        db.session.rollback()
-        app.logger.exception("admin API error", extra={"path": request.path})
-        return error_response(500, "internal_error", "the request could not be completed")
