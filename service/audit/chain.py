@@ -25,7 +25,7 @@ HASHED_FIELDS = (
 def format_time(value: datetime | str) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.removesuffix("Z"))
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.isoformat(sep="T", timespec="microseconds") + "Z"
 
 
 def canonical_json(value) -> str:

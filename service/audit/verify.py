@@ -127,8 +127,9 @@ def stream_rows(since: datetime | None = None, *, batch: int = 5000) -> Iterator
     if since is not None:
         query = query.where(AuditLog.created_at >= since)
     result = db.session.execute(query.execution_options(stream_results=True, yield_per=batch))
-    for row in result.mappings():
-        yield dict(row)
+    names = [column.name for column in _COLUMNS]
+    for row in result:
+        yield dict(zip(names, row, strict=True))
 
 
 def verify_chain(*, since: datetime | None = None, progress: Progress | None = None) -> Report:
