@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flask import g, has_request_context, request
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, select, text
 
 from service.audit import registry
 from service.audit.actor import Actor
@@ -173,10 +173,3 @@ def list_logs(filters: AuditFilter, *, limit: int = 50, cursor: str | None = Non
     more = len(found) > limit
     return Page(rows=rows, next_cursor=encode_cursor(found[limit - 1].id) if more else None)
 
-
-def count_for(entity_type: str, entity_id: object, action: str | None = None) -> int:
-    query = select(func.count()).select_from(AuditLog).where(
-        AuditLog.entity_type == entity_type, AuditLog.entity_id == str(entity_id))
-    if action:
-        query = query.where(AuditLog.action == action)
-    return db.session.scalar(query)
