@@ -88,6 +88,9 @@ def main() -> int:
     instance = Path(os.environ.get("RACINE_INSTANCE_PATH", ROOT / "instance")).resolve()
     instance.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, RACINE_INSTANCE_PATH=str(instance), PATH=f"{BIN}:{os.environ['PATH']}")
+    # A local run uses the built-in development secrets unless told otherwise; production
+    # (the default everywhere else) refuses to start without real ones.
+    env.setdefault("RACINE_ENV", "development")
     redis_proc = None
     run_env = instance / "run.env"
     if not env.get("REDIS_URL"):

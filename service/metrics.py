@@ -8,8 +8,10 @@ the hash.
 
 from __future__ import annotations
 
+import hmac
+
 import redis
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from service.counting import BufferedCounts
 
@@ -71,6 +73,28 @@ def render(client: redis.Redis) -> str:
         except redis.RedisError:
             continue
     return "\n".join(lines) + "\n"
+
+
+@bp.before_request
+def _require_token():
+    """`/metrics` answers only a bearer of METRICS_TOKEN (counts and queue figures tell an
+    outsider how busy the shop is). Without a token it is closed, except in development."""
+    token = current_app.config.get("METRICS_TOKEN")
+    if not token:
+        if current_app.config.get("RACINE_ENV") == "development":
+            return None
+        response = jsonify(error="metrics_disabled",
+                           reason="set METRICS_TOKEN to open /metrics to a bearer of it")
+        response.status_code = 403
+        return response
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), token.encode("utf-8")):
+        return None
+    response = jsonify(error="unauthorized", reason="a valid bearer token is required")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
 
 
 @bp.get("/metrics")

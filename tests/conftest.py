@@ -30,6 +30,9 @@ PAYPAL_WEBHOOK_ID = "WH-TEST-0001"
 # Timings shortened so relay, leases and retries are observable within a test.
 TEST_SETTINGS = {
     "RACINE_DOTENV": "/nonexistent/.env",
+    # Production is the default mode; the tests run in the explicit development mode
+    # (their own secrets, test-mode Stripe events).
+    "RACINE_ENV": "development",
     "STRIPE_WEBHOOK_SECRET": f"{STRIPE_SECRET},{STRIPE_OLD_SECRET}",
     "PAYPAL_WEBHOOK_ID": PAYPAL_WEBHOOK_ID,
     "WEBHOOK_HANDLER_MODULES": "tests.support.test_handlers",
