@@ -23,7 +23,7 @@ def stripe_payment(order_id: int, amount: int, *, secret: str,
     intent_id = f"pi_load_{uuid.uuid4().hex[:24]}"
     body = json.dumps({
         "id": event_id, "object": "event", "type": "payment_intent.succeeded",
-        "created": int(time.time()),
+        "created": int(time.time()), "livemode": False,
         "data": {"object": {"id": intent_id, "object": "payment_intent", "amount": amount,
                             "amount_received": amount, "currency": "eur",
                             "metadata": {"order_id": str(order_id)}}},

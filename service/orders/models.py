@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.db_types import BigId, utcnow
+from service.db_types import BigId, Money, utcnow
 from service.extensions import db
 
 
@@ -56,9 +56,15 @@ class Order(db.Model):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     status: Mapped[str] = mapped_column(String(24), default="pending", index=True)
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
-    total_cents: Mapped[int] = mapped_column(default=0)
+    # Minor units of `currency` (ISO 4217: cents, yen, fils).
+    total_cents: Mapped[int] = mapped_column(Money, default=0)
+    # Running sums of the counted payments and succeeded refunds, kept under the order's
+    # lock by orders.services: the lock's own read returns them current.
+    paid_cents: Mapped[int] = mapped_column(Money, default=0, server_default="0")
+    refunded_cents: Mapped[int] = mapped_column(Money, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When counted payments first covered the total (fulfilment is requested then, once).
     paid_at: Mapped[datetime | None]
 
     items: Mapped[list[OrderItem]] = relationship(back_populates="order")
@@ -72,6 +78,8 @@ class Order(db.Model):
             "status": self.status,
             "currency": self.currency,
             "total_cents": self.total_cents,
+            "paid_cents": self.paid_cents,
+            "refunded_cents": self.refunded_cents,
         }
 
 
@@ -97,8 +105,10 @@ class Payment(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_payment_id: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16))  # succeeded | failed | disputed
-    amount_cents: Mapped[int]
+    # money.PaymentStatus: succeeded | underpaid | currency_mismatch | failed | disputed
+    status: Mapped[str] = mapped_column(String(24))
+    # What the provider says was received, in minor units of `currency`.
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -116,10 +126,14 @@ class Refund(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_refund_id: Mapped[str] = mapped_column(String(255))
-    provider_payment_id: Mapped[str | None] = mapped_column(String(255))
-    amount_cents: Mapped[int]
+    provider_payment_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
+    # money.RefundStatus: only `succeeded` counts toward the order's refunded sum.
+    status: Mapped[str] = mapped_column(String(24), default="succeeded",
+                                        server_default="succeeded")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
     order: Mapped[Order] = relationship(back_populates="refunds")
 
@@ -151,7 +165,12 @@ class Fulfilment(db.Model):
 
 
 class Notification(db.Model):
-    """An outbound message about an order: once per (order, kind)."""
+    """An outbound message about an order: once per (order, kind).
+
+    `sending` while a job holds it (until `claimed_until`), then `sent`, or `failed` with
+    the error class for the next try. The send itself happens between two short
+    transactions, never inside one.
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (UniqueConstraint("order_id", "kind"),)
@@ -160,4 +179,9 @@ class Notification(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="sending", server_default="sent")
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    claimed_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

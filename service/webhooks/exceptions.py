@@ -6,10 +6,11 @@ class WebhookError(Exception):
 
 
 class RejectedDelivery(WebhookError):
-    """A delivery the endpoint refuses with a 4xx; `reason` is safe to return and log."""
+    """A delivery the endpoint refuses; `reason` is safe to return and log."""
 
     status_code = 400
     code = "rejected"
+    retry_after: int | None = None
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -26,6 +27,15 @@ class MalformedEvent(RejectedDelivery):
     """The body is not JSON, or lacks the event id or type."""
 
     code = "malformed_event"
+
+
+class VerificationUnavailable(RejectedDelivery):
+    """The delivery could not be checked now (a certificate host down, the transmission
+    log unreachable): 503, so the provider delivers it again later."""
+
+    status_code = 503
+    code = "verification_unavailable"
+    retry_after = 30
 
 
 class StorageUnavailable(WebhookError):

@@ -18,8 +18,10 @@ PAYPAL_CERT_URL = "https://api.paypal.com/v1/notifications/certs/CERT-TEST"
 
 def stripe_event(event_type: str, obj: dict, *, event_id: str | None = None) -> tuple[bytes, str]:
     event_id = event_id or f"evt_{uuid.uuid4().hex}"
+    # Test-mode events, as the tests' development mode expects (STRIPE_LIVEMODE=false).
     body = json.dumps({"id": event_id, "object": "event", "type": event_type,
-                       "created": int(time.time()), "data": {"object": obj}})
+                       "created": int(time.time()), "livemode": False,
+                       "data": {"object": obj}})
     return body.encode(), event_id
 
 
