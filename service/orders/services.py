@@ -344,10 +344,11 @@ def _counted_refunds(provider: str, provider_payment_id: str | None) -> int:
     """Succeeded refunds already counted for one payment (read under the order's lock)."""
     if not provider_payment_id:
         return 0
-    return db.session.scalar(
+    # int(): PostgreSQL sums a bigint column as numeric.
+    return int(db.session.scalar(
         select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
             Refund.provider == provider, Refund.provider_payment_id == provider_payment_id,
-            Refund.status == RefundStatus.SUCCEEDED))
+            Refund.status == RefundStatus.SUCCEEDED)))
 
 
 def _settlement(order: Order) -> money.Settlement:

@@ -59,12 +59,14 @@ def paypal_headers(private_key, body: bytes, *, webhook_id: str = PAYPAL_WEBHOOK
     return headers
 
 
-def make_order(*, total_cents: int = 1000, order_id: int | None = None, status: str = "pending") -> int:
+def make_order(*, total_cents: int = 1000, order_id: int | None = None, status: str = "pending",
+               currency: str = "EUR") -> int:
     """Insert a customer and an order; needs an app context. Returns the order id."""
     customer = Customer(email=f"{uuid.uuid4().hex[:12]}@example.test", name="Test Customer")
     db.session.add(customer)
     db.session.flush()
-    order = Order(customer_id=customer.id, status=status, currency="EUR", total_cents=total_cents)
+    order = Order(customer_id=customer.id, status=status, currency=currency,
+                  total_cents=total_cents)
     if order_id is not None:
         order.id = order_id
     db.session.add(order)
