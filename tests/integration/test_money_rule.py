@@ -413,7 +413,7 @@ def test_two_cumulative_refunds_processed_at_once_on_two_workers_count_money_onc
         for worker in workers:
             worker.stop()
 
-    assert {w: "succeeded" in w.log() for w in workers} == {w: True for w in workers}
+    assert all("succeeded in" in worker.log() for worker in workers)  # one event each
     assert order(order_id)["refunded_cents"] == 1000
     assert scalar("SELECT sum(amount_cents) FROM refunds WHERE order_id = :o", o=order_id) == 1000
     assert order(order_id)["status"] == "refunded"
