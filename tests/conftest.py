@@ -42,6 +42,8 @@ TEST_SETTINGS = {
     "WEBHOOK_RETRY_BACKOFF": "1",
     "WEBHOOK_RETRY_JITTER": "false",
     "WEBHOOK_MAX_RETRIES": "3",
+    # An event whose order is missing fails after 1 + 2 s of waiting.
+    "ORDER_WAIT_RETRIES": "2",
     "LOG_LEVEL": "INFO",
 }
 

@@ -11,6 +11,7 @@ def init_app(app: Flask) -> None:
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
     from service.webhooks.dedup import DedupCache
+    from service.webhooks.leases import LeaseKeeper
     from service.webhooks.paypal import PayPalVerifier
     from service.webhooks.transmissions import DatabaseTransmissionLog
     from service.webhooks.verifiers import StripeVerifier
@@ -40,6 +41,9 @@ def init_app(app: Flask) -> None:
             transmissions=DatabaseTransmissionLog(),
         )
     app.extensions["webhook_verifiers"] = verifiers
+    app.extensions["lease_keeper"] = LeaseKeeper(
+        app=app, lease_seconds=cfg["PROCESSING_LEASE_SECONDS"],
+        renew_every=cfg["LEASE_RENEW_SECONDS"])
     app.extensions["webhook_dedup"] = DedupCache(
         client=app.extensions["redis"], ttl_seconds=cfg["DEDUP_TTL_SECONDS"]
     )

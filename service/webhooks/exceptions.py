@@ -52,3 +52,8 @@ class TransientError(ProcessingError):
 
 class PermanentError(ProcessingError):
     """Will fail again however often it is tried: goes straight to the failures table."""
+
+
+class OrderNotYetKnown(TransientError):
+    """The event names an order that does not exist yet: tried again a few times
+    (ORDER_WAIT_RETRIES), as the order's own commit may still be in flight."""

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import select
 
 from service.db_types import utcnow
@@ -63,6 +64,8 @@ def retry_failures(failures: list[WebhookFailure], *, actor: str) -> Iterator[Re
             continue
         failure.retry_count += 1
         failure.last_retry_at = now
+        # A responder's retry grants a fresh allowance of attempts on top of those spent.
+        event.attempt_limit = event.attempts + current_app.config["WEBHOOK_MAX_ATTEMPTS"]
         event.status = EventStatus.QUEUED
         event.queued_at = now
         event.lease_token = None

@@ -8,6 +8,8 @@ retry delays the worker chose.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import redis
@@ -49,3 +51,10 @@ def slow(event: dict, source: str):
     _redis().rpush(f"test:started:{event['id']}", repr(time.time()))
     time.sleep(float(obj.get("sleep", 5)))
     return _pay(obj, source)
+
+
+@handles("stripe", "test.kill")
+def kill(event: dict, source: str):
+    """Kill the process running it outright, as an out-of-memory kill or a crash would."""
+    _redis().rpush(f"test:started:{event['id']}", repr(time.time()))
+    os.kill(os.getpid(), signal.SIGKILL)
