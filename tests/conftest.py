@@ -170,3 +170,12 @@ def build_app(app):
             db.session.remove()
             db.engine.dispose()
     use_celery_of(app)
+
+
+@pytest.fixture
+def processes():
+    """Every process a test starts (append them), stopped at the end whatever happened."""
+    started = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()

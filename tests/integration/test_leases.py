@@ -11,20 +11,10 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from tests.support.db import rows, scalar
 from tests.support.events import make_order, payment_intent, stripe_event, stripe_headers
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-def processes():
-    started = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def deliver(client, event_type: str, obj: dict) -> str:
