@@ -77,6 +77,17 @@ def from_stripe(amount: object, currency: str) -> int:
     return whole
 
 
+def to_stripe(amount: int, currency: str) -> int:
+    """ISO minor units -> Stripe's integer amount (the inverse of `from_stripe`)."""
+    shift = _STRIPE_EXPONENTS.get(currency.upper(), 2) - exponent(currency)
+    if shift >= 0:
+        return amount * 10**shift
+    whole, rest = divmod(amount, 10**-shift)
+    if rest:
+        raise InvalidAmount(f"amount cannot be written in Stripe's {currency.upper()} units")
+    return whole
+
+
 def from_decimal_string(value: object, currency: str) -> int:
     """A decimal string (`"10.50"`, `"1000"`) -> ISO minor units of `currency`.
 

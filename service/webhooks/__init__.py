@@ -2,6 +2,7 @@
 
 import importlib
 
+from celery.schedules import crontab
 from flask import Flask
 
 from service.celery_app import register
@@ -60,9 +61,17 @@ def init_app(app: Flask) -> None:
             "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
             "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
         }},
-        beat={"webhooks-relay": {
-            "task": "webhooks.relay_pending",
-            "schedule": cfg["RELAY_INTERVAL_SECONDS"],
-            "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
-        }},
+        beat={
+            "webhooks-relay": {
+                "task": "webhooks.relay_pending",
+                "schedule": cfg["RELAY_INTERVAL_SECONDS"],
+                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
+            },
+            # Daily, at a quiet hour (UTC).
+            "webhooks-purge-payloads": {
+                "task": "webhooks.purge_payloads",
+                "schedule": crontab(hour=3, minute=17),
+                "options": {"expires": 3600},
+            },
+        },
     )

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.logs import event_var
 from service.metrics import increment
-from service.webhooks import processing, relay
+from service.webhooks import processing, relay, retention
 from service.webhooks.exceptions import OrderNotYetKnown, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -107,3 +107,10 @@ def _exhausted(exc: TransientError, *, retries: int, max_retries: int, attempts:
 def relay_pending() -> dict:
     """Beat task: enqueue stored events the broker does not have (see `relay`)."""
     return relay.relay_pending().as_dict()
+
+
+@shared_task(name="webhooks.purge_payloads", ignore_result=True)
+def purge_payloads() -> dict:
+    """Beat task, daily: redact payloads of events processed PAYLOAD_RETENTION_DAYS ago."""
+    cutoff = retention.retention_cutoff(current_app.config["PAYLOAD_RETENTION_DAYS"])
+    return retention.purge_payloads(cutoff).as_dict()
