@@ -138,8 +138,10 @@ def engine_options(database_url: str) -> dict:
     """Connection options that suit the database the URL names."""
     if database_url.startswith("sqlite"):
         # SQLite serialises writers; a long busy timeout turns lock contention into waiting.
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": 30}, "hide_parameters": True}
     return {
+        # Statement parameters are payload values and personal data: never in an error.
+        "hide_parameters": True,
         "pool_size": _env_int("DB_POOL_SIZE", 5),
         "max_overflow": _env_int("DB_MAX_OVERFLOW", 10),
         "pool_timeout": _env_float("DB_POOL_TIMEOUT", 10.0),

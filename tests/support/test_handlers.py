@@ -14,7 +14,9 @@ import time
 
 import redis
 from flask import current_app
+from sqlalchemy import text
 
+from service.extensions import db
 from service.orders import services as orders
 from service.webhooks.exceptions import TransientError
 from service.webhooks.handlers import handles
@@ -58,3 +60,13 @@ def kill(event: dict, source: str):
     """Kill the process running it outright, as an out-of-memory kill or a crash would."""
     _redis().rpush(f"test:started:{event['id']}", repr(time.time()))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@handles("stripe", "test.leaky")
+def leaky(event: dict, source: str):
+    """Fail with the customer's e-mail address in the error, from Python or from the
+    database (which quotes the value it refused)."""
+    obj = event["data"]["object"]
+    if obj.get("via") == "database":
+        db.session.execute(text("SELECT CAST(:value AS integer)"), {"value": obj["email"]})
+    raise ValueError(f"cannot handle customer {obj['email']}")
