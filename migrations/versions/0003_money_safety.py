@@ -1,5 +1,7 @@
-"""money safety: 64-bit amounts, running order sums, refund and notification status,
-attempt limits, payload redaction, the PayPal transmission log
+"""money safety: amounts, order sums, refund and notification status, attempts, transmissions
+
+64-bit amounts, running order sums, refund and notification status, attempt limits,
+payload redaction, the PayPal transmission log.
 
 Revision ID: 0003_money_safety
 Revises: 0002
