@@ -8,6 +8,7 @@ import uuid
 
 import stripe
 
+from service.db_types import utcnow
 from service.extensions import db
 from service.orders.models import Customer, Order
 
@@ -61,12 +62,17 @@ def paypal_headers(private_key, body: bytes, *, webhook_id: str = PAYPAL_WEBHOOK
 
 def make_order(*, total_cents: int = 1000, order_id: int | None = None, status: str = "pending",
                currency: str = "EUR") -> int:
-    """Insert a customer and an order; needs an app context. Returns the order id."""
+    """Insert a customer and an order; needs an app context. Returns the order id.
+
+    A `paid` order has the facts to match: its total received, and when.
+    """
     customer = Customer(email=f"{uuid.uuid4().hex[:12]}@example.test", name="Test Customer")
     db.session.add(customer)
     db.session.flush()
     order = Order(customer_id=customer.id, status=status, currency=currency,
                   total_cents=total_cents)
+    if status == "paid":
+        order.paid_cents, order.paid_at = total_cents, utcnow()
     if order_id is not None:
         order.id = order_id
     db.session.add(order)
