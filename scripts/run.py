@@ -98,7 +98,8 @@ def main() -> int:
         # Every `flask --app service ...` run with this instance folder reads it, so the
         # operator's commands (queue health, webhooks list) talk to this Redis too.
         run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
-                           f"REDIS_URL={env['REDIS_URL']}\n")
+                           f"REDIS_URL={env['REDIS_URL']}\n"
+                           f"RACINE_ENV={env['RACINE_ENV']}\n")
     else:
         say("using REDIS_URL from the environment")
     if not env.get("FLOWER_BASIC_AUTH"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import click
 from dotenv import load_dotenv
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -180,8 +181,14 @@ _HOW_TO_SET = {
 PAYPAL_DEFAULT_TOLERANCE_SECONDS = 4 * 24 * 3600
 
 
-class ConfigError(RuntimeError):
-    """The settings do not allow the service to start; the message says what to set."""
+class ConfigError(click.ClickException):
+    """The settings do not allow the service to start; the message says what to set.
+
+    A ClickException, so a `flask ...` command refused by it prints the message and
+    exits with status 4, as the web process and the workers do, instead of a traceback.
+    """
+
+    exit_code = 4
 
 
 def money_safety_settings() -> dict:

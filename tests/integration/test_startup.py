@@ -26,6 +26,7 @@ ENTRY_POINTS = {
                "-c", "1", "--without-mingle", "--without-gossip"],
     "beat": [str(VENV_BIN / "celery"), "-A", "service.worker", "beat", "--schedule",
              "/nonexistent/beat-schedule"],
+    "cli": [str(VENV_BIN / "flask"), "--app", "service", "webhooks", "stats"],
 }
 
 
