@@ -146,7 +146,15 @@ def engine_options(database_url: str) -> dict:
         "pool_size": _env_int("DB_POOL_SIZE", 5),
         "max_overflow": _env_int("DB_MAX_OVERFLOW", 10),
         "pool_timeout": _env_float("DB_POOL_TIMEOUT", 10.0),
-        "connect_args": {"connect_timeout": _env_int("DB_CONNECT_TIMEOUT", 3)},
+        "connect_args": {
+            "connect_timeout": _env_int("DB_CONNECT_TIMEOUT", 3),
+            # A worker whose host is lost leaves no FIN behind: the server probes its
+            # socket and, after some 25 s of silence, ends the session, releasing the
+            # row locks its open transaction held (the event itself comes back with its
+            # lease). Ignored over a Unix socket.
+            "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5"
+                       " -c tcp_keepalives_count=3",
+        },
     }
 
 
@@ -181,7 +189,7 @@ _HOW_TO_SET = {
 PAYPAL_DEFAULT_TOLERANCE_SECONDS = 4 * 24 * 3600
 
 
-class ConfigError(click.ClickException):
+class ConfigError(click.ClickException, RuntimeError):
     """The settings do not allow the service to start; the message says what to set.
 
     A ClickException, so a `flask ...` command refused by it prints the message and
