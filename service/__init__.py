@@ -15,6 +15,7 @@ from service.config import (
     ConfigError,
     check_settings,
     engine_options,
+    instance_path,
     load_settings,
     normalise_database_url,
 )
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then the environment, then `test_config`."""
-    app = Flask(__name__, instance_path=os.environ.get("RACINE_INSTANCE_PATH") or None)
+    app = Flask(__name__, instance_path=instance_path())
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.from_mapping(load_settings(app.instance_path))
     if test_config:
@@ -34,8 +35,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     check_settings(app.config)
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"])
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
-                          engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
 
     configure_logging(app.config["LOG_LEVEL"], json_output=app.config["LOG_JSON"])
     db.init_app(app)

@@ -78,6 +78,12 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def instance_path() -> str | None:
+    """Where the instance folder is (SQLite file, run.env, beat schedule); None: Flask's
+    default, `instance/` beside the package."""
+    return os.environ.get("RACINE_INSTANCE_PATH") or None
+
+
 def load_settings(instance_path: str) -> dict:
     """Read every setting from the environment, with the embedded defaults."""
     load_dotenv(os.environ.get("RACINE_DOTENV", ".env"), override=False)
@@ -94,6 +100,8 @@ def load_settings(instance_path: str) -> dict:
         "REDIS_URL": redis_url,
         "LOG_LEVEL": _env_str("LOG_LEVEL", "INFO"),
         "LOG_JSON": _env_bool("LOG_JSON", True),
+        # How often a process adds its buffered counts to Redis (and at exit in any case).
+        "METRICS_FLUSH_SECONDS": _env_float("METRICS_FLUSH_SECONDS", 1.0),
         # Intake
         "STRIPE_TOLERANCE_SECONDS": _env_int("STRIPE_TOLERANCE_SECONDS", 300),
         "WEBHOOK_MAX_BODY_BYTES": _env_int("WEBHOOK_MAX_BODY_BYTES", 256 * 1024),
@@ -115,9 +123,20 @@ def load_settings(instance_path: str) -> dict:
         "RELAY_INTERVAL_SECONDS": _env_float("RELAY_INTERVAL_SECONDS", 10.0),
         "RELAY_MIN_AGE_SECONDS": _env_int("RELAY_MIN_AGE_SECONDS", 30),
         "RELAY_QUEUED_STALE_SECONDS": _env_int("RELAY_QUEUED_STALE_SECONDS", 3600),
+        # Database connections (PostgreSQL pool per process; SQLite's busy wait).
         "DB_PING_IDLE_SECONDS": _env_float("DB_PING_IDLE_SECONDS", 2.0),
+        "DB_POOL_SIZE": _env_int("DB_POOL_SIZE", 5),
+        "DB_MAX_OVERFLOW": _env_int("DB_MAX_OVERFLOW", 10),
+        "DB_POOL_TIMEOUT": _env_float("DB_POOL_TIMEOUT", 10.0),
+        "DB_CONNECT_TIMEOUT": _env_int("DB_CONNECT_TIMEOUT", 3),
+        "SQLITE_BUSY_TIMEOUT": _env_float("SQLITE_BUSY_TIMEOUT", 30.0),
         "RELAY_BATCH_SIZE": _env_int("RELAY_BATCH_SIZE", 500),
         "BROKER_PUBLISH_TIMEOUT_SECONDS": _env_float("BROKER_PUBLISH_TIMEOUT_SECONDS", 1.0),
+        # Celery: how long Redis keeps an unacknowledged message before redelivering it,
+        # broker connections kept per process, messages a worker process reserves.
+        "BROKER_VISIBILITY_TIMEOUT": _env_int("BROKER_VISIBILITY_TIMEOUT", 3600),
+        "BROKER_POOL_LIMIT": _env_int("BROKER_POOL_LIMIT", 10),
+        "CELERY_PREFETCH_MULTIPLIER": _env_int("CELERY_PREFETCH_MULTIPLIER", 4),
         # Thresholds used by later domains; read here so one place lists them all.
         "SLOW_JOB_SECONDS": _env_float("SLOW_JOB_SECONDS", 30.0),
         # Per-task thresholds: "orders.fulfil=10,webhooks.process_event=5".
@@ -135,19 +154,20 @@ def load_settings(instance_path: str) -> dict:
     }
 
 
-def engine_options(database_url: str) -> dict:
-    """Connection options that suit the database the URL names."""
-    if database_url.startswith("sqlite"):
+def engine_options(settings: dict) -> dict:
+    """Connection options that suit the database `SQLALCHEMY_DATABASE_URI` names."""
+    if settings["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # SQLite serialises writers; a long busy timeout turns lock contention into waiting.
-        return {"connect_args": {"timeout": 30}, "hide_parameters": True}
+        return {"connect_args": {"timeout": settings["SQLITE_BUSY_TIMEOUT"]},
+                "hide_parameters": True}
     return {
         # Statement parameters are payload values and personal data: never in an error.
         "hide_parameters": True,
-        "pool_size": _env_int("DB_POOL_SIZE", 5),
-        "max_overflow": _env_int("DB_MAX_OVERFLOW", 10),
-        "pool_timeout": _env_float("DB_POOL_TIMEOUT", 10.0),
+        "pool_size": settings["DB_POOL_SIZE"],
+        "max_overflow": settings["DB_MAX_OVERFLOW"],
+        "pool_timeout": settings["DB_POOL_TIMEOUT"],
         "connect_args": {
-            "connect_timeout": _env_int("DB_CONNECT_TIMEOUT", 3),
+            "connect_timeout": settings["DB_CONNECT_TIMEOUT"],
             # A worker whose host is lost leaves no FIN behind: the server probes its
             # socket and, after some 25 s of silence, ends the session, releasing the
             # row locks its open transaction held (the event itself comes back with its

@@ -1,6 +1,4 @@
-"""Column helpers shared by every domain's models."""
-
-from datetime import UTC, datetime
+"""Column types shared by every domain's models."""
 
 from sqlalchemy import BigInteger, Integer
 
@@ -8,8 +6,3 @@ from sqlalchemy import BigInteger, Integer
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 # Amounts in minor units: 64-bit, as yen or dong totals outgrow 32 bits.
 Money = BigInteger()
-
-
-def utcnow() -> datetime:
-    """Naive UTC now: stored the same way on SQLite and PostgreSQL."""
-    return datetime.now(UTC).replace(tzinfo=None)

@@ -69,17 +69,24 @@ def paypal_signing(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def service_env(tmp_path_factory, paypal_signing):
+def redis_claim():
+    """The Redis database this session marked as its own; `reset()` empties it."""
+    claim = claim_redis_db(BASE_REDIS_URL)
+    yield claim
+    claim.release()
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, paypal_signing, redis_claim):
     """Create the test database and Redis namespace, and export the settings."""
     name = f"racine_test_{uuid.uuid4().hex[:10]}"
     admin = _plain(BASE_DATABASE_URL)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    redis_url, release_redis_db = claim_redis_db(BASE_REDIS_URL)
     env = {
         **TEST_SETTINGS,
         "DATABASE_URL": _with_database(admin, name),
-        "REDIS_URL": redis_url,
+        "REDIS_URL": redis_claim.url,
         "PAYPAL_CERT_PATH": paypal_signing[1],
         "RACINE_INSTANCE_PATH": str(tmp_path_factory.mktemp("instance")),
     }
@@ -91,7 +98,6 @@ def service_env(tmp_path_factory, paypal_signing):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    release_redis_db()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -109,7 +115,7 @@ def app(service_env):
 
 
 @pytest.fixture
-def clean(app):
+def clean(app, redis_claim):
     """Empty every table and the Redis namespace before the test."""
     from service.extensions import db
 
@@ -130,7 +136,7 @@ def clean(app):
                 if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
                     raise
         db.session.remove()
-    app.extensions["redis"].flushdb()
+    redis_claim.reset()
     yield app
 
 

@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.db_types import BigId, Money, utcnow
+from service.clock import utcnow
+from service.db_types import BigId, Money
 from service.extensions import db
 
 

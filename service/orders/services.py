@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service import fastsql
 from service.alerts.services import raise_signal
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.orders import money, states
 from service.orders.exceptions import InvalidAmount, OrderNotFound
@@ -462,6 +462,17 @@ def order_id_for_payment(provider: str, provider_payment_id: str) -> int | None:
             Payment.provider == provider, Payment.provider_payment_id == provider_payment_id
         )
     )
+
+
+def order_to_pay(order_id: int | None = None) -> dict | None:
+    """The order a test payment is for, as plain data: `order_id`, else the oldest
+    pending order; None when there is none."""
+    if order_id is not None:
+        order = db.session.get(Order, order_id)
+    else:
+        order = db.session.scalar(select(Order).where(Order.status == states.PENDING)
+                                  .order_by(Order.id).limit(1))
+    return None if order is None else order.to_dict()
 
 
 def refunded_cents(order_id: int) -> int:

@@ -6,14 +6,18 @@ from celery.schedules import crontab
 from flask import Flask
 
 from service.celery_app import register
+from service.metrics import register as register_metrics
 
 
 def init_app(app: Flask) -> None:
+    from service.queues.health import register_backlog
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
     from service.webhooks.dedup import DedupCache
     from service.webhooks.leases import LeaseKeeper
+    from service.webhooks.metrics import ALL as METRICS
     from service.webhooks.paypal import PayPalVerifier
+    from service.webhooks.services import WebhookBacklog
     from service.webhooks.transmissions import DatabaseTransmissionLog
     from service.webhooks.verifiers import StripeVerifier
     from service.webhooks.views import bp
@@ -50,6 +54,8 @@ def init_app(app: Flask) -> None:
     )
     app.register_blueprint(bp)
     app.cli.add_command(cli)
+    register_metrics(app, *METRICS)
+    register_backlog(app, "webhooks", WebhookBacklog())
     register(
         app, queue="webhooks",
         routes={"webhooks.process_event": "webhooks", "webhooks.*": "default"},

@@ -174,14 +174,12 @@ def send_test(url, order_id, event_type):
     import requests
     import stripe
 
-    from service.orders.models import Order
     from service.orders.money import to_stripe
+    from service.orders.services import order_to_pay
 
-    order = (db.session.get(Order, order_id) if order_id else
-             db.session.scalar(select(Order).where(Order.status == "pending").limit(1)))
-    if order is None:
+    order_ref = order_to_pay(order_id)
+    if order_ref is None:
         raise click.ClickException("no such order; run `flask demo seed` first or pass --order")
-    order_ref = {"id": order.id, "total_cents": order.total_cents, "currency": order.currency}
     intent_id = f"pi_test_{uuid.uuid4().hex[:16]}"
     amount = to_stripe(order_ref["total_cents"], order_ref["currency"])
     body = json.dumps({

@@ -10,7 +10,7 @@ from flask import current_app
 from sqlalchemy import DateTime
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one
 from service.queues.publishing import SENT

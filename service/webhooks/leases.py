@@ -28,7 +28,7 @@ from flask import Flask
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent
 

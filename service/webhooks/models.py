@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.db_types import BigId, utcnow
+from service.clock import iso, utcnow
+from service.db_types import BigId
 from service.extensions import db
 
 
@@ -63,9 +64,9 @@ class WebhookEvent(db.Model):
             "event_type": self.event_type,
             "status": self.status,
             "attempts": self.attempts,
-            "received_at": _iso(self.received_at),
-            "queued_at": _iso(self.queued_at),
-            "processed_at": _iso(self.processed_at),
+            "received_at": iso(self.received_at),
+            "queued_at": iso(self.queued_at),
+            "processed_at": iso(self.processed_at),
             "last_error": self.last_error,
         }
         if with_payload:
@@ -117,11 +118,7 @@ class WebhookFailure(db.Model):
             "event_type": self.event_type,
             "error_message": self.error_message,
             "retry_count": self.retry_count,
-            "last_retry_at": _iso(self.last_retry_at),
-            "created_at": _iso(self.created_at),
-            "resolved_at": _iso(self.resolved_at),
+            "last_retry_at": iso(self.last_retry_at),
+            "created_at": iso(self.created_at),
+            "resolved_at": iso(self.resolved_at),
         }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat() + "Z"

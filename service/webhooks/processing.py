@@ -9,6 +9,11 @@ relay hand the event to another worker. Leases are short and renewed while the t
 runs (`leases`), and every claim counts against WEBHOOK_MAX_ATTEMPTS, lease expiries
 after hard kills included: an event that keeps killing its worker ends as a failure row.
 
+This module commits on its own, on purpose (the one exception to "the base task owns
+the transaction"): the claim, the effects with the final status, a deferral and a
+failure each are a separate transaction whose commit is the point, since each must
+stand, or not, under the lease that was checked in it.
+
 Error text that is stored or logged (`last_error`, failure rows, signals) is the error's
 class and a reason this code wrote, never an exception's own message: those carry SQL
 parameters, payload values and personal data.
@@ -28,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.alerts.services import raise_signal
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one, run
 from service.orders.exceptions import OrderNotFound, OrdersError

@@ -10,7 +10,7 @@ from datetime import datetime
 from flask import current_app
 from sqlalchemy import select
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 from service.webhooks.queueing import mark_unpublished, publish_event, publish_lease
@@ -51,7 +51,9 @@ def retry_failures(failures: list[WebhookFailure], *, actor: str) -> Iterator[Re
 
     The event goes back to `queued` in the same commit that counts the retry, so even if
     the broker is down now the relay will enqueue it; the failure row is resolved by the
-    worker once the event is processed.
+    worker once the event is processed. Commits each failure on its own, on purpose:
+    the event must be `queued` before its message exists, and nothing is published
+    inside a transaction.
     """
     for failure in failures:
         event = db.session.get(WebhookEvent, failure.event_pk, with_for_update=True)

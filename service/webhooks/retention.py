@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 

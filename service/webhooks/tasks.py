@@ -10,9 +10,9 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.logs import event_var
-from service.metrics import increment
 from service.webhooks import processing, relay, retention
 from service.webhooks.exceptions import OrderNotYetKnown, PermanentError, TransientError
+from service.webhooks.metrics import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def process_event(self, event_pk: int) -> str:
 
 def _process(task, event_pk: int) -> str:
     outcome = _attempt(task, event_pk)
-    increment("racine_webhooks_events_total", outcome=outcome)
+    EVENTS.inc(outcome=outcome)
     return outcome
 
 
@@ -85,7 +85,7 @@ def _attempt(task, event_pk: int) -> str:
         log.warning("event will be retried", extra={
             "event_pk": event_pk, "retries": retries + 1, "countdown": countdown,
             "error": str(exc)[:200]})
-        increment("racine_webhooks_events_total", outcome="retried")
+        EVENTS.inc(outcome="retried")
         raise task.retry(exc=exc, countdown=countdown) from None
     log.info("event handled", extra={"event_pk": event_pk, "outcome": outcome})
     return outcome

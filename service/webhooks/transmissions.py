@@ -7,7 +7,7 @@ import logging
 from sqlalchemy import DateTime
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.fastsql import Statement, fetch_one
 from service.webhooks.exceptions import VerificationUnavailable
 

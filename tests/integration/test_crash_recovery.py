@@ -136,7 +136,7 @@ def test_delivery_accepted_while_broker_is_down_is_processed_once_when_it_return
     wait_until(lambda: status_of(event_id) == "processed", 60,
                "the relay to enqueue the event once Redis is back", logs=[worker, web])
 
-    assert "'enqueued': 1" in worker.log()
+    assert '"msg": "relay published stored events"' in worker.log()
     row = event(event_id)
     assert row["attempts"] == 1
     assert scalar("SELECT count(*) FROM webhook_events") == 1

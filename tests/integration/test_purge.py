@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 from tests.support.db import rows

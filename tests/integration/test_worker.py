@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from tests.support.db import rows, scalar
 from tests.support.events import (

@@ -8,7 +8,7 @@ import uuid
 
 import stripe
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.orders.models import Customer, Order
 
