@@ -13,6 +13,9 @@ A domain registers its metrics in its `init_app` with `register(app, ...)`; two 
   scrape instead of failing it.
 
 prometheus_client writes the exposition format (names, types, label escaping).
+
+`/metrics` answers only a bearer of `METRICS_TOKEN`; without one it is closed in
+production and open in development.
 """
 
 from __future__ import annotations

@@ -77,6 +77,12 @@ class LeaseKeeper:
         return renewed
 
     def _renew(self, event_pk: int, token: str) -> bool:
+        """Extend one lease, committed on its own connection at once.
+
+        A separate transaction on purpose (beside the base task's): the renewal must be
+        visible to the relay while the task's own transaction is still open, and must not
+        wait for, or be rolled back with, the task's work.
+        """
         with self._app.app_context():
             try:
                 with db.engine.begin() as conn:

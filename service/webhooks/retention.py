@@ -109,6 +109,10 @@ def purge_payloads(cutoff: datetime, *, dry_run: bool = False, batch_size: int =
                    progress: Callable[[int], None] | None = None) -> PurgeReport:
     """Redact the payloads of events processed before `cutoff`, a batch per transaction.
 
+    It commits each batch itself, on purpose (the daily beat task and the CLI alike): a
+    purge of months of events must not hold one long transaction and its row locks
+    against the workers, and what is done stands if it is stopped half way.
+
     Events still failed or outstanding keep their payload (a replay needs it); their
     failure rows are redacted with them once they are processed. Idempotent: a redacted
     event is stamped and never selected again.
