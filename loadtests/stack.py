@@ -36,26 +36,65 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def claim_redis_db(base_url: str, *, ttl: int = 3 * 3600) -> tuple[str, callable]:
-    """A Redis database number no other test or load session on this server is using.
+OWNER_KEY = "racine:test:owner"  # kept: this database belongs to test and load runs
+LEASE_KEY = "racine:test:lease"  # expires: the run using it now
 
-    Sessions flush their database and run workers that consume its queues, so two sharing
-    one would steal each other's messages. Claims live in database 0.
+# A database is taken when nobody holds its lease and it is empty or already marked as
+# a test database; it is emptied and marked in the same atomic step. Anything else,
+# such as a developer's own data in an unmarked database, is never touched.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('DBSIZE') > 0 then return 0 end
+redis.call('FLUSHDB')
+redis.call('SET', KEYS[1], 'racine tests')
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+class RedisClaim:
+    """A Redis database this run marked as its own: `url`, `reset()`, `release()`."""
+
+    def __init__(self, url: str, token: str, ttl: int):
+        self.url = url
+        self._token = token
+        self._ttl = ttl
+        self._client = redis.Redis.from_url(url)
+
+    def reset(self) -> None:
+        """Empty the database, keeping it marked and leased."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.flushdb()
+        pipe.set(OWNER_KEY, "racine tests")
+        pipe.set(LEASE_KEY, self._token, ex=self._ttl)
+        pipe.execute()
+
+    def release(self) -> None:
+        """Give the database back to later runs (it stays marked as a test database)."""
+        if self._client.get(LEASE_KEY) == self._token.encode():
+            self._client.delete(LEASE_KEY)
+        self._client.close()
+
+
+def claim_redis_db(base_url: str, *, ttl: int = 6 * 3600) -> RedisClaim:
+    """A database of the Redis at `base_url` for this run only.
+
+    Sessions empty their database and run workers that consume its queues, so two runs
+    sharing one would steal each other's messages; `TEST_REDIS_DB` asks for one number.
     """
     parts = urlsplit(base_url)
-    registry = redis.Redis.from_url(urlunsplit((parts.scheme, parts.netloc, "/0", "", "")))
     wanted = os.environ.get("TEST_REDIS_DB")
     token = uuid.uuid4().hex
-    for number in [int(wanted)] if wanted else range(15, 0, -1):
-        key = f"racine:test:redis-db-claim:{number}"
-        if registry.set(key, token, nx=True, ex=ttl):
-            def release(key=key):
-                if registry.get(key) == token.encode():
-                    registry.delete(key)
-            url = urlunsplit((parts.scheme, parts.netloc, f"/{number}", "", ""))
-            redis.Redis.from_url(url).flushdb()
-            return url, release
-    raise RuntimeError("no free Redis database on this server")
+    for number in [int(wanted)] if wanted else range(1, 16):
+        url = urlunsplit((parts.scheme, parts.netloc, f"/{number}", "", ""))
+        client = redis.Redis.from_url(url)
+        try:
+            if client.eval(_CLAIM, 2, OWNER_KEY, LEASE_KEY, token, ttl):
+                return RedisClaim(url, token, ttl)
+        finally:
+            client.close()
+    raise RuntimeError(f"no free Redis database at {parts.hostname}:{parts.port}: each is "
+                       "in use by a run, or holds data this project did not mark as its own")
 
 
 class Stack:
@@ -99,8 +138,9 @@ class Stack:
         parts = urlsplit(base_db)
         database_url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
         self._cleanup.append(lambda: _drop_database(base_db, name))
-        redis_url, release = claim_redis_db(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        self._cleanup.append(release)
+        claim = claim_redis_db(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        redis_url = claim.url
+        self._cleanup.append(claim.release)
         from loadtests.signing import make_key_and_certificate
 
         key_path, cert_path = make_key_and_certificate(self.tmp)
@@ -108,6 +148,8 @@ class Stack:
         self.env = {
             **os.environ,
             "RACINE_DOTENV": "/nonexistent/.env",
+            # Load runs sign with the built-in development secrets (or those exported).
+            "RACINE_ENV": "development",
             "RACINE_INSTANCE_PATH": str(self.tmp),
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,

@@ -17,13 +17,21 @@ NAMING_CONVENTION = {
 }
 
 
+# Predicates naming tables a domain manages outside the models (the audit trail's
+# monthly partitions): Alembic's autogenerate leaves them alone. Domains add theirs in
+# their init_app through `leave_tables_to_domain`.
+_UNMANAGED_TABLES: list = []
+
+
+def leave_tables_to_domain(predicate) -> None:
+    """Tell Alembic to ignore the tables `predicate(name)` accepts."""
+    if predicate not in _UNMANAGED_TABLES:
+        _UNMANAGED_TABLES.append(predicate)
+
 
 def include_name(name, type_, _parent_names) -> bool:
-    """Alembic's filter: the monthly partitions of audit_logs (audit_logs_y2026m01...) are
-    managed by the audit domain, not by the models."""
-    from service.audit.partitions import is_partition_name
-
-    return not (type_ == "table" and name and is_partition_name(name))
+    """Alembic's filter: every table but those a domain manages itself."""
+    return not (type_ == "table" and name and any(p(name) for p in _UNMANAGED_TABLES))
 
 
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))

@@ -62,3 +62,41 @@ def configure_logging(level: str = "INFO", *, json_output: bool = True) -> None:
     logger.setLevel(level.upper())
     logger.propagate = False
     logger._racine_configured = True
+
+
+# Celery's own loggers that write one INFO line per task received, run and scheduled.
+CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+
+class QuietTasks(logging.Filter):
+    """Drops Celery's routine INFO lines (received, succeeded, sent by beat) about the
+    tasks named in `tasks`: housekeeping that runs every few seconds, whose own log
+    says when it moved something. Warnings and errors about them still pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not self.tasks:
+            return True
+        args = record.args
+        if isinstance(args, dict):  # worker: "Task %(name)s[%(id)s] ..."
+            name = args.get("name")
+        elif isinstance(args, tuple) and len(args) == 2:  # beat: "Sending due task %s (%s)"
+            name = args[1]
+        else:
+            return True
+        return name not in self.tasks
+
+
+quiet_tasks = QuietTasks()
+
+
+def quieten(tasks) -> None:
+    """Keep Celery's routine lines about `tasks` off the screen (see QuietTasks)."""
+    quiet_tasks.tasks.update(tasks)
+    for name in CELERY_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if quiet_tasks not in logger.filters:
+            logger.addFilter(quiet_tasks)

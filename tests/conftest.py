@@ -33,6 +33,9 @@ PAYPAL_WEBHOOK_ID = "WH-TEST-0001"
 # Timings shortened so relay, leases and retries are observable within a test.
 TEST_SETTINGS = {
     "RACINE_DOTENV": "/nonexistent/.env",
+    # Production is the default mode; the tests run in the explicit development mode
+    # (their own secrets, test-mode Stripe events).
+    "RACINE_ENV": "development",
     "STRIPE_WEBHOOK_SECRET": f"{STRIPE_SECRET},{STRIPE_OLD_SECRET}",
     "PAYPAL_WEBHOOK_ID": PAYPAL_WEBHOOK_ID,
     "WEBHOOK_HANDLER_MODULES": "tests.support.test_handlers",
@@ -42,6 +45,8 @@ TEST_SETTINGS = {
     "WEBHOOK_RETRY_BACKOFF": "1",
     "WEBHOOK_RETRY_JITTER": "false",
     "WEBHOOK_MAX_RETRIES": "3",
+    # An event whose order is missing fails after 1 + 2 s of waiting.
+    "ORDER_WAIT_RETRIES": "2",
     "LOG_LEVEL": "INFO",
 }
 
@@ -67,17 +72,24 @@ def paypal_signing(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def service_env(tmp_path_factory, paypal_signing):
+def redis_claim():
+    """The Redis database this session marked as its own; `reset()` empties it."""
+    claim = claim_redis_db(BASE_REDIS_URL)
+    yield claim
+    claim.release()
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, paypal_signing, redis_claim):
     """Create the test database and Redis namespace, and export the settings."""
     name = f"racine_test_{uuid.uuid4().hex[:10]}"
     admin = _plain(BASE_DATABASE_URL)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    redis_url, release_redis_db = claim_redis_db(BASE_REDIS_URL)
     env = {
         **TEST_SETTINGS,
         "DATABASE_URL": _with_database(admin, name),
-        "REDIS_URL": redis_url,
+        "REDIS_URL": redis_claim.url,
         "PAYPAL_CERT_PATH": paypal_signing[1],
         "RACINE_INSTANCE_PATH": str(tmp_path_factory.mktemp("instance")),
     }
@@ -89,7 +101,6 @@ def service_env(tmp_path_factory, paypal_signing):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    release_redis_db()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -107,7 +118,7 @@ def app(service_env):
 
 
 @pytest.fixture
-def clean(app):
+def clean(app, redis_claim):
     """Empty every table and the Redis namespace before the test."""
     from service.extensions import db
 
@@ -131,7 +142,7 @@ def clean(app):
                 if not isinstance(exc.orig, psycopg.errors.DeadlockDetected) or attempt == 4:
                     raise
         db.session.remove()
-    app.extensions["redis"].flushdb()
+    redis_claim.reset()
     yield app
 
 
@@ -171,3 +182,12 @@ def build_app(app):
             db.session.remove()
             db.engine.dispose()
     use_celery_of(app)
+
+
+@pytest.fixture
+def processes():
+    """Every process a test starts (append them), stopped at the end whatever happened."""
+    started = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()

@@ -2,7 +2,7 @@
 its archive register, and the stock adjustment ledger
 
 Revision ID: 0004a_users_audit
-Revises: 0002
+Revises: 0003_money_safety
 Create Date: 2026-12-01 09:00:00
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0004a_users_audit'
-down_revision = '0002'
+down_revision = '0003_money_safety'
 branch_labels = None
 depends_on = None
 

@@ -24,7 +24,7 @@ def upgrade():
     sa.Column('order_id', BIGID, nullable=False),
     sa.Column('idempotency_key', sa.String(length=255), nullable=False),
     sa.Column('fingerprint', sa.String(length=64), nullable=False),
-    sa.Column('amount_cents', sa.Integer(), nullable=False),
+    sa.Column('amount_cents', sa.BigInteger(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('reason', sa.String(length=500), nullable=False),
     sa.Column('provider', sa.String(length=16), nullable=False),

@@ -12,10 +12,10 @@ from flask.cli import AppGroup
 
 from service.accounts import services
 from service.accounts.exceptions import AccountsError
-from service.accounts.models import Role
+from service.accounts.roles import Role
 from service.audit.actor import Actor
 from service.cli_utils import Lifetime, echo_json, echo_table
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 
 users_cli = AppGroup("users", help="Users of the admin API and their roles.")

@@ -7,23 +7,9 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.db_types import BigId, iso_z, utcnow
+from service.clock import iso, utcnow
+from service.db_types import BigId
 from service.extensions import db
-
-
-class Role:
-    """What a user may do: viewers read, operators act, admins also manage access."""
-
-    VIEWER = "viewer"
-    OPERATOR = "operator"
-    ADMIN = "admin"
-
-    ALL = (VIEWER, OPERATOR, ADMIN)
-    RANK = {VIEWER: 0, OPERATOR: 1, ADMIN: 2}
-
-    @classmethod
-    def allows(cls, role: str, needed: str) -> bool:
-        return cls.RANK.get(role, -1) >= cls.RANK[needed]
 
 
 class User(db.Model):
@@ -41,8 +27,8 @@ class User(db.Model):
 
     def to_dict(self) -> dict:
         return {"id": self.id, "email": self.email, "name": self.name, "role": self.role,
-                "active": self.active, "created_at": iso_z(self.created_at),
-                "deactivated_at": iso_z(self.deactivated_at)}
+                "active": self.active, "created_at": iso(self.created_at),
+                "deactivated_at": iso(self.deactivated_at)}
 
 
 class ApiToken(db.Model):
@@ -71,6 +57,6 @@ class ApiToken(db.Model):
 
     def to_dict(self, now: datetime | None = None) -> dict:
         return {"id": self.id, "user_id": self.user_id, "name": self.name,
-                "prefix": self.prefix, "created_at": iso_z(self.created_at),
-                "expires_at": iso_z(self.expires_at), "last_used_at": iso_z(self.last_used_at),
-                "revoked_at": iso_z(self.revoked_at), "state": self.state(now or utcnow())}
+                "prefix": self.prefix, "created_at": iso(self.created_at),
+                "expires_at": iso(self.expires_at), "last_used_at": iso(self.last_used_at),
+                "revoked_at": iso(self.revoked_at), "state": self.state(now or utcnow())}

@@ -24,11 +24,12 @@ from service.accounts.exceptions import (
     UserExists,
     UserNotFound,
 )
-from service.accounts.models import ApiToken, Role, User
+from service.accounts.models import ApiToken, User
+from service.accounts.roles import Role
 from service.audit import services as audit
 from service.audit.actor import Actor
 from service.audit.registry import critical, not_critical
-from service.db_types import iso_z, utcnow
+from service.clock import iso, utcnow
 from service.extensions import db
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s]{1,60}$")
@@ -215,4 +216,4 @@ def _user_state(user: User) -> dict:
 
 def _token_state(token: ApiToken) -> dict:
     return {"user_id": token.user_id, "name": token.name, "prefix": token.prefix,
-            "expires_at": iso_z(token.expires_at), "revoked_at": iso_z(token.revoked_at)}
+            "expires_at": iso(token.expires_at), "revoked_at": iso(token.revoked_at)}

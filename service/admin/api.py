@@ -17,13 +17,13 @@ from service.accounts.exceptions import (
     UserExists,
     UserNotFound,
 )
-from service.accounts.models import Role
+from service.accounts.roles import Role
 from service.admin import schemas
 from service.admin.errors import ApiError, error_response, install_blueprint_handlers
 from service.admin.spec import AdminApi
 from service.audit.services import AuditFilter, list_logs
 from service.cli_utils import parse_duration, parse_time_point
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.orders import refunds
 from service.orders import services as orders
@@ -41,7 +41,6 @@ from service.orders.exceptions import (
     RefundInProgress,
     RefundNotAllowed,
 )
-from service.orders.models import Order
 from service.queues.health import queue_health
 from service.webhooks.replay import Selection, retry_failures, select_failures
 
@@ -214,10 +213,7 @@ def refund_order(order_id: int, body: schemas.RefundIn):
 @api.operation("GET", "/orders/<int:order_id>", summary="An order, its refunds and refund "
                "requests", role=Role.VIEWER, tags=("orders",), responses={200: "OK", 404: ""})
 def order(order_id: int):
-    found = db.session.get(Order, order_id)
-    if found is None:
-        raise ApiError(404, "not_found", f"order {order_id} does not exist")
-    return jsonify({**found.to_dict(), "refunded_cents": orders.refunded_cents(order_id),
+    return jsonify({**orders.order_details(order_id),
                     "refund_requests": refunds.refund_requests_of(order_id)})
 
 

@@ -14,7 +14,7 @@ import logging
 from flask import current_app, g, request
 
 from service.accounts import services as accounts
-from service.accounts.models import Role
+from service.accounts.roles import Role
 from service.accounts.services import Principal
 from service.admin.errors import ApiError
 from service.audit.actor import Actor

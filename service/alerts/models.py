@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db_types import BigId, utcnow
+from service.clock import iso, utcnow
+from service.db_types import BigId
 from service.extensions import db
 
 
@@ -26,4 +27,4 @@ class AlertSignal(db.Model):
     def to_dict(self) -> dict:
         return {"id": self.id, "severity": self.severity, "kind": self.kind,
                 "source": self.source, "details": self.details,
-                "created_at": self.created_at.isoformat() + "Z"}
+                "created_at": iso(self.created_at)}

@@ -6,6 +6,8 @@ import getpass
 import os
 from dataclasses import dataclass
 
+from service.config import sudo_user
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -46,9 +48,10 @@ class Actor:
 
 
 def os_user() -> str:
-    sudo_user = os.environ.get("SUDO_USER")
-    if sudo_user:
-        return sudo_user
+    """The operating-system user: the one who ran sudo, if sudo was used."""
+    operator = sudo_user()
+    if operator:
+        return operator
     try:
         return getpass.getuser()
     except (KeyError, OSError):

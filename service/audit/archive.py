@@ -33,7 +33,7 @@ from service.audit.verify import (
     verify_archive,
     walk,
 )
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 
 

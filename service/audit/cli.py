@@ -168,6 +168,7 @@ def partitions_command(ahead, as_json):
         sys.exit(0)
     ahead = current_app.config["AUDIT_PARTITIONS_AHEAD"] if ahead is None else ahead
     created = partitions.ensure_partitions(months_ahead=ahead)
+    db.session.commit()
     months = [str(m) for m in partitions.existing()]
     if as_json:
         echo_json({"created": created, "months": months})

@@ -15,7 +15,8 @@ from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.audit.chain import format_time
-from service.db_types import BigId, utcnow
+from service.clock import utcnow
+from service.db_types import BigId
 from service.extensions import db
 
 

@@ -16,7 +16,7 @@ from datetime import date, datetime
 from sqlalchemy import text
 
 from service.audit.exceptions import PartitionError
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 
 PARENT = "audit_logs"
@@ -100,7 +100,8 @@ def create_partition_sql(month: Month) -> list[str]:
 
 
 def ensure_partitions(*, months_ahead: int, now: datetime | None = None) -> list[str]:
-    """Create the partitions of this month and the next `months_ahead`; commit.
+    """Create the partitions of this month and the next `months_ahead`; the caller commits
+    (the beat task's base task, the CLI command).
 
     Returns the names created. Nothing to do on SQLite, which is not partitioned.
     """
@@ -119,5 +120,4 @@ def ensure_partitions(*, months_ahead: int, now: datetime | None = None) -> list
         for statement in create_partition_sql(month):
             db.session.execute(text(statement))
         created.append(month.table)
-    db.session.commit()
     return created

@@ -93,9 +93,13 @@ def marker(func: Callable) -> str | None:
 
 register_action(
     "order.refund", entity_type="order",
-    description="A refund, full or partial: asked by an operator, or reported by a provider",
+    description="A refund, full or partial, recorded or changing status: asked by an "
+                "operator, or reported by a provider (a PayPal reversal is one too)",
     entry_points=("POST /api/admin/orders/<id>/refunds", "webhook stripe charge.refunded",
-                  "webhook paypal PAYMENT.CAPTURE.REFUNDED"))
+                  "webhook stripe charge.refund.updated", "webhook stripe refund.created",
+                  "webhook stripe refund.updated", "webhook stripe refund.failed",
+                  "webhook paypal PAYMENT.CAPTURE.REFUNDED",
+                  "webhook paypal PAYMENT.CAPTURE.REVERSED"))
 register_action(
     "product.stock_adjust", entity_type="product",
     description="A manual (or ERP) change of a product's stock",

@@ -25,7 +25,7 @@ from service.audit.actor import Actor
 from service.audit.chain import GENESIS_HASH, canonical_json, row_hash
 from service.audit.exceptions import UnknownAction
 from service.audit.models import AuditArchive, AuditLog
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.logs import request_id_var
 

@@ -18,7 +18,7 @@ from typing import Protocol
 import requests
 import stripe
 
-from service.orders.money import to_decimal_string
+from service.orders.money import RefundStatus, to_decimal_string, to_stripe
 
 
 class GatewayError(Exception):
@@ -36,7 +36,7 @@ class ProviderUnavailable(GatewayError):
 @dataclass(frozen=True)
 class ProviderRefund:
     id: str
-    status: str  # the provider's own word: succeeded, pending, COMPLETED...
+    status: str  # in this service's terms (money.RefundStatus): succeeded, pending, ...
 
 
 class RefundGateway(Protocol):
@@ -58,7 +58,8 @@ class StripeRefunds:
                idempotency_key: str, reason: str | None) -> ProviderRefund:
         try:
             refund = self._client.v1.refunds.create(
-                params={"payment_intent": payment_id, "amount": amount_cents,
+                params={"payment_intent": payment_id,
+                        "amount": to_stripe(amount_cents, currency),
                         "metadata": {"reason": (reason or "")[:500]}},
                 options={"idempotency_key": idempotency_key})
         except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
@@ -77,7 +78,8 @@ class StripeRefunds:
 class PayPalRefunds:
     """Refunds of PayPal captures through the REST API (OAuth2 client credentials)."""
 
-    _ACCEPTED = {"COMPLETED", "PENDING"}
+    # PayPal's refund statuses that mean it took the refund, in this service's terms.
+    _ACCEPTED = {"COMPLETED": RefundStatus.SUCCEEDED, "PENDING": RefundStatus.PENDING}
 
     def __init__(self, *, api_base: str, client_id: str, client_secret: str, timeout: float,
                  session: requests.Session | None = None):
@@ -103,9 +105,10 @@ class PayPalRefunds:
             raise RefundDeclined(f"PayPal refused the refund ({response.status_code}: "
                                  f"{_paypal_issue(response)})")
         data = response.json()
-        if data.get("status") not in self._ACCEPTED or not data.get("id"):
-            raise RefundDeclined(f"PayPal refund is {data.get('status')}")
-        return ProviderRefund(id=str(data["id"]), status=str(data["status"]))
+        status = data.get("status") if isinstance(data, dict) else None
+        if not isinstance(status, str) or status not in self._ACCEPTED or not data.get("id"):
+            raise RefundDeclined("PayPal did not accept the refund")
+        return ProviderRefund(id=str(data["id"]), status=self._ACCEPTED[status])
 
     def _call(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {self._access_token()}", **kwargs.pop("headers")}

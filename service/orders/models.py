@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.db_types import BigId, utcnow
+from service.clock import iso, utcnow
+from service.db_types import BigId, Money
 from service.extensions import db
 
 
@@ -73,7 +74,7 @@ class StockAdjustment(db.Model):
                 "stock_before": self.stock_before, "stock_after": self.stock_after,
                 "reason": self.reason, "actor": self.actor,
                 "idempotency_key": self.idempotency_key,
-                "created_at": self.created_at.isoformat() + "Z"}
+                "created_at": iso(self.created_at)}
 
 
 class Order(db.Model):
@@ -83,9 +84,15 @@ class Order(db.Model):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     status: Mapped[str] = mapped_column(String(24), default="pending", index=True)
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
-    total_cents: Mapped[int] = mapped_column(default=0)
+    # Minor units of `currency` (ISO 4217: cents, yen, fils).
+    total_cents: Mapped[int] = mapped_column(Money, default=0)
+    # Running sums of the counted payments and succeeded refunds, kept under the order's
+    # lock by orders.services: the lock's own read returns them current.
+    paid_cents: Mapped[int] = mapped_column(Money, default=0, server_default="0")
+    refunded_cents: Mapped[int] = mapped_column(Money, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When counted payments first covered the total (fulfilment is requested then, once).
     paid_at: Mapped[datetime | None]
 
     items: Mapped[list[OrderItem]] = relationship(back_populates="order")
@@ -99,6 +106,8 @@ class Order(db.Model):
             "status": self.status,
             "currency": self.currency,
             "total_cents": self.total_cents,
+            "paid_cents": self.paid_cents,
+            "refunded_cents": self.refunded_cents,
         }
 
 
@@ -124,8 +133,10 @@ class Payment(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_payment_id: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16))  # succeeded | failed | disputed
-    amount_cents: Mapped[int]
+    # money.PaymentStatus: succeeded | underpaid | currency_mismatch | failed | disputed
+    status: Mapped[str] = mapped_column(String(24))
+    # What the provider says was received, in minor units of `currency`.
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -143,10 +154,14 @@ class Refund(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_refund_id: Mapped[str] = mapped_column(String(255))
-    provider_payment_id: Mapped[str | None] = mapped_column(String(255))
-    amount_cents: Mapped[int]
+    provider_payment_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
+    # money.RefundStatus: only `succeeded` counts toward the order's refunded sum.
+    status: Mapped[str] = mapped_column(String(24), default="succeeded",
+                                        server_default="succeeded")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
     order: Mapped[Order] = relationship(back_populates="refunds")
 
@@ -161,7 +176,7 @@ class RefundRequest(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
-    amount_cents: Mapped[int]
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str] = mapped_column(String(500))
     provider: Mapped[str] = mapped_column(String(16))
@@ -179,7 +194,7 @@ class RefundRequest(db.Model):
                 "reason": self.reason, "provider": self.provider,
                 "provider_payment_id": self.provider_payment_id,
                 "provider_refund_id": self.provider_refund_id, "error": self.error,
-                "actor": self.actor, "created_at": self.created_at.isoformat() + "Z"}
+                "actor": self.actor, "created_at": iso(self.created_at)}
 
 
 class OrderStatusChange(db.Model):
@@ -209,7 +224,12 @@ class Fulfilment(db.Model):
 
 
 class Notification(db.Model):
-    """An outbound message about an order: once per (order, kind)."""
+    """An outbound message about an order: once per (order, kind).
+
+    `sending` while a job holds it (until `claimed_until`), then `sent`, or `failed` with
+    the error class for the next try. The send itself happens between two short
+    transactions, never inside one.
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (UniqueConstraint("order_id", "kind"),)
@@ -218,4 +238,9 @@ class Notification(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="sending", server_default="sent")
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    claimed_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,18 +1,23 @@
 """Refunds an operator asks for: reserve, call the provider, record the outcome.
 
-No HTTP call runs inside a database transaction:
+The money itself changes in one place only, `services.apply_refunds`, the function the
+providers' webhooks call too; this module orders the steps around the provider's HTTP
+call, which must not run inside a database transaction. So, unlike the rest of the
+orders services, it commits its own steps, on purpose:
 
 1. Reserve, in a short transaction under the order's lock: check what is refundable
-   (succeeded payments in the order's currency, minus refunds recorded, minus refunds
-   reserved and not yet settled), then store a pending `refund_requests` row under the
-   client's idempotency key. Concurrent requests queue on the order's lock, so together
-   they never exceed what was captured.
-2. Call the provider (Stripe or PayPal, through `RefundGateway`) with an idempotency key
-   of its own, derived from the request, so asking again never refunds twice.
-3. Record the outcome in its own short transaction: on success the refund goes through
-   `services.record_refund` (the provider's refund id, so its later `charge.refunded`
-   webhook finds it recorded and does not count it again) with the operator as the
-   audit row's actor; on a refusal the request fails and its reservation is released.
+   (the payment's captured amount in the order's currency, minus its refunds succeeded
+   or still in flight at the provider, minus refunds reserved here and not yet settled;
+   and never more than the order's paid sum minus those), then store a pending
+   `refund_requests` row under the client's idempotency key, and commit. Concurrent
+   requests queue on the order's lock, so together they never exceed what was captured.
+2. Call the provider (Stripe or PayPal, through `RefundGateway`) with no transaction
+   open, with an idempotency key of its own derived from the request, so asking again
+   never refunds twice.
+3. Record the outcome in its own short transaction: an accepted refund goes through
+   `services.apply_refunds` with the provider's refund id and status and the operator
+   as the audit row's actor, so the provider's later webhook for it finds it recorded
+   and counts nothing twice; a refusal fails the request and releases its reservation.
    When the provider's answer is unknown (timeout, 5xx) the request stays pending; the
    same request repeated after REFUND_PENDING_RETRY_SECONDS asks the provider again.
 """
@@ -26,12 +31,11 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import func, select
 
-from service.audit import services as audit
 from service.audit.actor import Actor
 from service.audit.registry import critical, not_critical
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
-from service.orders import services
+from service.orders import money, services
 from service.orders.exceptions import (
     IdempotencyConflict,
     InvalidAmount,
@@ -42,8 +46,14 @@ from service.orders.exceptions import (
 )
 from service.orders.gateways import ProviderUnavailable, RefundDeclined
 from service.orders.models import Order, Payment, Refund, RefundRequest
+from service.orders.money import PaymentStatus, RefundStatus
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+
+# Payments an operator may refund from: money received and not under dispute.
+_REFUNDABLE_PAYMENTS = (PaymentStatus.SUCCEEDED, PaymentStatus.UNDERPAID)
+# Provider refunds that take money from a payment: counted, or still in flight.
+_TAKING_REFUNDS = (RefundStatus.SUCCEEDED, RefundStatus.PENDING, RefundStatus.REQUIRES_ACTION)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class RefundResult:
 @dataclass(frozen=True)
 class _Reserved:
     request_id: int
+    order_id: int
+    idempotency_key: str
     provider: str
     payment_id: str
     amount_cents: int
@@ -65,21 +77,33 @@ class _Reserved:
 @critical("order.refund")
 def refund_order(*, order_id: int, amount_cents: int, reason: str, idempotency_key: str,
                  actor: Actor) -> RefundResult:
-    """Refund part or all of an order through its provider; commits its own steps.
+    """Refund part or all of an order through its provider; commits its own steps (the
+    provider's HTTP call sits between two of them, with no transaction open).
 
     Raises RefundNotAllowed (over the refundable amount), IdempotencyConflict (the key
     was used with another body), RefundInProgress (the same request is being handled).
-    A provider's refusal or an unknown outcome is in the returned request's status.
+    A provider's refusal or an unknown outcome is in the returned request's status;
+    `refund_status` says where an accepted refund stands at the provider (a Stripe
+    refund may stay `pending` a while; it counts once it has succeeded).
     """
-    if isinstance(amount_cents, bool) or not isinstance(amount_cents, int) or amount_cents <= 0:
-        raise InvalidAmount("amount_cents must be a positive integer")
+    try:
+        amount_cents = money.checked_minor_units(amount_cents)
+    except InvalidAmount:
+        raise InvalidAmount("amount_cents must be a positive integer within bounds") from None
+    if amount_cents <= 0:
+        raise InvalidAmount("amount_cents must be a positive integer within bounds")
     reason = (reason or "").strip()
     if not reason or len(reason) > 500:
         raise InvalidChange("a reason of 1 to 500 characters is required")
     if not idempotency_key:
         raise InvalidChange("an idempotency key is required")
     fingerprint = hashlib.sha256(f"{order_id}|{amount_cents}|{reason}".encode()).hexdigest()
-    outcome = _reserve(order_id, amount_cents, reason, idempotency_key, fingerprint, actor)
+    try:
+        outcome = _reserve(order_id, amount_cents, reason, idempotency_key, fingerprint, actor)
+    except Exception:
+        db.session.rollback()
+        raise
+    db.session.commit()
     if isinstance(outcome, RefundResult):
         return outcome
     try:
@@ -89,40 +113,52 @@ def refund_order(*, order_id: int, amount_cents: int, reason: str, idempotency_k
             currency=outcome.currency, idempotency_key=f"racine-refund-{outcome.request_id}",
             reason=outcome.reason)
     except RefundDeclined as exc:
-        return _finish_failed(outcome.request_id, str(exc))
+        return _finish(outcome.request_id, status=FAILED, error=str(exc))
     except ProviderUnavailable as exc:
-        return _leave_pending(outcome.request_id, str(exc))
-    return _finish_succeeded(outcome, provider_refund.id, actor)
+        return _finish(outcome.request_id, status=PENDING, error=str(exc))
+    try:
+        _record(outcome, provider_refund, actor)
+    except Exception:
+        # Left pending: a repeat of the request asks the provider again with the same
+        # key and records the refund it answers; its webhook records it meanwhile.
+        db.session.rollback()
+        raise
+    return _finish(outcome.request_id, status=SUCCEEDED, provider_refund_id=provider_refund.id)
+
+
+def _record(outcome: _Reserved, provider_refund, actor: Actor) -> None:
+    services.apply_refunds(
+        order_id=outcome.order_id, provider=outcome.provider,
+        provider_payment_id=outcome.payment_id, source=f"refund_request:{outcome.request_id}",
+        refunds=[services.RefundFact(provider_refund.id, outcome.amount_cents,
+                                     outcome.currency, provider_refund.status)],
+        actor=actor, reason=outcome.reason,
+        details={"refund_request_id": outcome.request_id,
+                 "idempotency_key": outcome.idempotency_key})
 
 
 def _reserve(order_id, amount_cents, reason, key, fingerprint, actor) -> _Reserved | RefundResult:
-    order = db.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
+    """Step 1, under the order's lock; the caller commits (or rolls back on a raise)."""
+    # populate_existing: the paid and refunded sums as the lock returns them.
+    order = db.session.scalar(select(Order).where(Order.id == order_id).with_for_update()
+                              .execution_options(populate_existing=True))
     if order is None:
-        db.session.rollback()
         raise OrderNotFound(f"order {order_id} does not exist")
     earlier = db.session.scalar(select(RefundRequest).where(RefundRequest.idempotency_key == key))
     if earlier is not None:
         if earlier.fingerprint != fingerprint:
-            db.session.rollback()
             raise IdempotencyConflict("this Idempotency-Key was used for a different refund")
-        retry_after = timedelta(seconds=current_app.config["REFUND_PENDING_RETRY_SECONDS"])
         if earlier.status != PENDING:
-            result = RefundResult(earlier.to_dict(), replayed=True)
-            db.session.rollback()
-            return result
+            return RefundResult(_as_dict(earlier), replayed=True)
+        retry_after = timedelta(seconds=current_app.config["REFUND_PENDING_RETRY_SECONDS"])
         if utcnow() - earlier.updated_at < retry_after:
-            db.session.rollback()
             raise RefundInProgress("a refund with this Idempotency-Key is being processed")
         # Left pending by a crash or an unknown provider answer: ask the provider again
         # with the same provider key; it answers with the refund it already made, if any.
         earlier.updated_at = utcnow()
-        reserved = _Reserved(earlier.id, earlier.provider, earlier.provider_payment_id,
-                             earlier.amount_cents, earlier.currency, earlier.reason)
-        db.session.commit()
-        return reserved
+        return _reserved(earlier)
     payment, refundable = _refundable_payment(order, amount_cents)
     if payment is None:
-        db.session.rollback()
         raise RefundNotAllowed(
             f"refund of {amount_cents} exceeds what is refundable: {refundable} "
             f"{order.currency} (captured minus refunded minus refunds in progress)"
@@ -135,80 +171,69 @@ def _reserve(order_id, amount_cents, reason, key, fingerprint, actor) -> _Reserv
         status=PENDING, actor=actor.label[:255])
     db.session.add(request_row)
     db.session.flush()
-    reserved = _Reserved(request_row.id, payment.provider, payment.provider_payment_id,
-                         amount_cents, order.currency, reason)
-    db.session.commit()
-    return reserved
+    return _reserved(request_row)
+
+
+def _reserved(row: RefundRequest) -> _Reserved:
+    return _Reserved(row.id, row.order_id, row.idempotency_key, row.provider,
+                     row.provider_payment_id, row.amount_cents, row.currency, row.reason)
 
 
 def _refundable_payment(order: Order, amount_cents: int) -> tuple[Payment | None, int]:
-    """The payment to refund from, and the order's refundable total (captured in the
-    order's currency, minus refunds recorded, minus refund requests still pending)."""
+    """The payment to refund from, and the order's refundable total: its paid sum minus
+    its succeeded refunds (the money rule's figures), minus refunds in flight at the
+    provider and refund requests still pending here."""
     payments = list(db.session.scalars(select(Payment).where(
-        Payment.order_id == order.id, Payment.status == "succeeded",
+        Payment.order_id == order.id, Payment.status.in_(_REFUNDABLE_PAYMENTS),
         Payment.currency == order.currency).order_by(Payment.id)))
-    refunded = dict(db.session.execute(
+    taken = dict(db.session.execute(
         select(Refund.provider_payment_id, func.sum(Refund.amount_cents))
-        .where(Refund.order_id == order.id).group_by(Refund.provider_payment_id)).all())
+        .where(Refund.order_id == order.id, Refund.status.in_(_TAKING_REFUNDS))
+        .group_by(Refund.provider_payment_id)).all())
+    in_flight = db.session.scalar(
+        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
+            Refund.order_id == order.id, Refund.status.in_(_TAKING_REFUNDS),
+            Refund.status != RefundStatus.SUCCEEDED))
     reserved = dict(db.session.execute(
         select(RefundRequest.provider_payment_id, func.sum(RefundRequest.amount_cents))
         .where(RefundRequest.order_id == order.id, RefundRequest.status == PENDING)
         .group_by(RefundRequest.provider_payment_id)).all())
-    # Refunds recorded without their payment (older webhooks) count in the order's total.
-    total = sum(p.amount_cents for p in payments) - sum(refunded.values()) - \
-        sum(reserved.values())
+    # int(): PostgreSQL sums a bigint column as numeric.
+    total = order.paid_cents - order.refunded_cents - int(in_flight) - \
+        int(sum(reserved.values()))
     for payment in payments:
-        left = payment.amount_cents - refunded.get(payment.provider_payment_id, 0) - \
-            reserved.get(payment.provider_payment_id, 0)
+        left = payment.amount_cents - int(taken.get(payment.provider_payment_id, 0)) - \
+            int(reserved.get(payment.provider_payment_id, 0))
         if amount_cents <= min(left, total):
             return payment, total
     return None, max(total, 0)
 
 
-def _finish_succeeded(reserved: _Reserved, provider_refund_id: str, actor: Actor) -> RefundResult:
-    request_row = db.session.get(RefundRequest, reserved.request_id, with_for_update=True)
-    outcome = services.record_refund(
-        order_id=request_row.order_id, provider=reserved.provider,
-        provider_refund_id=provider_refund_id, provider_payment_id=reserved.payment_id,
-        amount_cents=reserved.amount_cents, currency=reserved.currency,
-        source=f"refund_request:{reserved.request_id}", actor=actor, reason=reserved.reason,
-        details={"refund_request_id": reserved.request_id,
-                 "idempotency_key": request_row.idempotency_key})
-    if not outcome.created:
-        # The provider's webhook recorded this refund first (with the provider as actor);
-        # the operator's action still gets its own row.
-        order = db.session.get(Order, request_row.order_id)
-        state = {"status": order.status, "refunded_cents": services.refunded_cents(order.id)}
-        audit.record(action="order.refund", entity_type="order", entity_id=order.id,
-                     actor=actor, before=state, after=state, reason=reserved.reason,
-                     details={"refund_request_id": reserved.request_id,
-                              "provider_refund_id": provider_refund_id,
-                              "amount_cents": reserved.amount_cents,
-                              "already_recorded_by": "provider webhook"})
-    request_row.status = SUCCEEDED
-    request_row.provider_refund_id = provider_refund_id
-    request_row.error = None
-    db.session.commit()
-    return RefundResult(request_row.to_dict(), replayed=False)
-
-
-def _finish_failed(request_id: int, error: str) -> RefundResult:
+def _finish(request_id: int, *, status: str, error: str | None = None,
+            provider_refund_id: str | None = None) -> RefundResult:
+    """Step 3's request row: succeeded, failed (its reservation released) or still pending
+    (the provider's answer is unknown); committed with the refund `apply_refunds` wrote."""
     request_row = db.session.get(RefundRequest, request_id, with_for_update=True)
-    request_row.status = FAILED
-    request_row.error = error[:500]
+    request_row.status = status
+    request_row.error = error[:500] if error else None
+    if provider_refund_id:
+        request_row.provider_refund_id = provider_refund_id
+    result = RefundResult(_as_dict(request_row), replayed=False)
     db.session.commit()
-    return RefundResult(request_row.to_dict(), replayed=False)
+    return result
 
 
-def _leave_pending(request_id: int, error: str) -> RefundResult:
-    request_row = db.session.get(RefundRequest, request_id, with_for_update=True)
-    request_row.error = error[:500]
-    db.session.commit()
-    return RefundResult(request_row.to_dict(), replayed=False)
+def _as_dict(row: RefundRequest) -> dict:
+    """The request, and where its refund stands at the provider once it was accepted."""
+    refund_status = None
+    if row.provider_refund_id:
+        refund_status = db.session.scalar(select(Refund.status).where(
+            Refund.provider == row.provider, Refund.provider_refund_id == row.provider_refund_id))
+    return {**row.to_dict(), "refund_status": refund_status}
 
 
 @not_critical("reads")
 def refund_requests_of(order_id: int) -> list[dict]:
-    return [r.to_dict() for r in db.session.scalars(
+    return [_as_dict(r) for r in db.session.scalars(
         select(RefundRequest).where(RefundRequest.order_id == order_id)
         .order_by(RefundRequest.id))]

@@ -1,4 +1,7 @@
-"""Order follow-up jobs on the `orders` queue: rate limited, retried, idempotent."""
+"""Order follow-up jobs on the `orders` queue: rate limited, retried, idempotent.
+
+The base task (`service.celery_app.AppTask`) commits what a job did when it returns.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ from redis import RedisError
 from requests import RequestException
 from sqlalchemy.exc import OperationalError
 
-from service.extensions import db
 from service.orders import services
-from service.queues.limited import rate_limited
+from service.queues.ratelimit import rate_limited
 
 _RETRY = {
     "autoretry_for": (OperationalError, RedisError, RequestException, ConnectionError,
@@ -27,9 +29,7 @@ _RETRY = {
 @rate_limited("orders", "ORDERS_RATE_LIMIT")
 def fulfil(self, order_id: int) -> bool:
     """Hand a paid order to fulfilment (once)."""
-    done = services.request_fulfilment(order_id)
-    db.session.commit()
-    return done
+    return services.request_fulfilment(order_id)
 
 
 @shared_task(bind=True, name="orders.send_confirmation", acks_late=True,
@@ -37,7 +37,5 @@ def fulfil(self, order_id: int) -> bool:
 @rate_limited("orders", "ORDERS_RATE_LIMIT")
 def send_confirmation(self, order_id: int) -> bool:
     """Tell the customer their payment arrived (once)."""
-    sent = services.send_order_notification(
+    return services.send_order_notification(
         order_id, kind="payment_confirmation", notifier=current_app.extensions["order_notifier"])
-    db.session.commit()
-    return sent

@@ -2,20 +2,21 @@
 
 from flask import Flask
 
-from service.celery_app import register
+from service.celery_app import queues, register
+from service.metrics import register as register_metrics
 
 
 def init_app(app: Flask) -> None:
-    from service.queues import models, signals, tasks  # noqa: F401  (tables and tasks)
+    from service.queues import hooks, models, tasks  # noqa: F401  (tables and tasks)
     from service.queues.cli import cli
-    from service.queues.gauges import queue_gauges
+    from service.queues.gauges import QueueGauges
     from service.queues.ratelimit import RateLimiter
 
     app.extensions["rate_limiter"] = RateLimiter(client=app.extensions["redis"],
                                                  redis_url=app.config["REDIS_URL"])
-    signals.connect(app)
+    hooks.connect(app)
     app.cli.add_command(cli)
-    app.extensions.setdefault("metrics_collectors", []).append(queue_gauges)
+    register_metrics(app, QueueGauges(client=app.extensions["redis"], queues=lambda: queues(app)))
     interval = app.config["RELAY_INTERVAL_SECONDS"]
     # The default queue is declared last: housekeeping is listed after the domains' queues.
     register(app, queue="default", routes={"queues.*": "default"},

@@ -1,8 +1,9 @@
 """Reading queue depth and age straight from the Redis broker.
 
 Kombu's Redis transport keeps a queue as a list, plus one list per priority step
-(`name\\x06\\x16<step>`); a queue's depth is the sum of them. Messages are pushed on the
-left and taken from the right, so the oldest waiting message is at index -1.
+(`<name><separator><step>`, Kombu's own separator and steps); a queue's depth is the sum
+of them. Messages are pushed on the left and taken from the right, so the oldest waiting
+message is at index -1.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 import time
 
 import redis
+from kombu.transport.redis import Channel as RedisChannel
 
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)  # step 0 is the plain list
+PRIORITY_SEPARATOR = RedisChannel.sep
+# Step 0 is the plain list.
+PRIORITY_STEPS = tuple(step for step in RedisChannel.priority_steps if step)
 ENQUEUED_AT_HEADER = "racine_enqueued_at"
 
 

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 
-from flask import current_app
+import redis
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-from service.celery_app import queues
 from service.queues.depth import depths, oldest_wait_seconds
 
 
-def queue_gauges() -> list[str]:
-    client = current_app.extensions["redis"]
-    now = time.time()
-    lines = ["# HELP racine_queue_depth_jobs Jobs waiting in each queue.",
-             "# TYPE racine_queue_depth_jobs gauge"]
-    for name, count in depths(client, queues(current_app)).items():
-        lines.append(f'racine_queue_depth_jobs{{queue="{name}"}} {count}')
-    lines += ["# HELP racine_queue_oldest_wait_seconds Age of the oldest waiting job.",
-              "# TYPE racine_queue_oldest_wait_seconds gauge"]
-    for name in queues(current_app):
-        age = oldest_wait_seconds(client, name, now=now)
-        lines.append(f'racine_queue_oldest_wait_seconds{{queue="{name}"}} {age or 0:.3f}')
-    return lines
+class QueueGauges:
+    """A prometheus_client collector reading every declared queue from the broker."""
+
+    def __init__(self, *, client: redis.Redis, queues: Callable[[], Iterable[str]]):
+        self._client = client
+        self._queues = queues
+
+    def collect(self) -> Iterable[Metric]:
+        names = list(self._queues())
+        now = time.time()
+        depth = GaugeMetricFamily("racine_queue_depth_jobs", "Jobs waiting in each queue.",
+                                  labels=("queue",))
+        for name, count in depths(self._client, names).items():
+            depth.add_metric([name], count)
+        wait = GaugeMetricFamily("racine_queue_oldest_wait_seconds",
+                                 "Age of the oldest waiting job (0 when the queue is empty).",
+                                 labels=("queue",))
+        for name in names:
+            wait.add_metric([name], round(oldest_wait_seconds(self._client, name, now=now) or 0, 3))
+        return [depth, wait]

@@ -8,20 +8,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol
 
-from flask import current_app
+from flask import Flask, current_app
 from sqlalchemy import func, select
 
 from service.celery_app import queues
-from service.db_types import utcnow
+from service.clock import iso, utcnow
 from service.extensions import db
 from service.queues.depth import depths, oldest_wait_seconds
+from service.queues.hooks import CONSUMERS_KEY, DONE_KEY, FAILED_KEY, HEARTBEAT_SECONDS
 from service.queues.models import OutboxJob, SlowJob
 from service.queues.publishing import gate
-from service.queues.signals import CONSUMERS_KEY, DONE_KEY, FAILED_KEY, HEARTBEAT_SECONDS
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
+_BACKLOGS = "racine.queue_backlogs"
+
+
+class QueueBacklog(Protocol):
+    """What a domain that keeps a queue's work in tables of its own tells queue health."""
+
+    def waiting(self) -> int:
+        """Jobs stored in the database and not on the queue (the relay will publish them)."""
+
+    def failures_since(self, since: datetime) -> int:
+        """Jobs of the queue that failed since `since` (instead of the workers' count)."""
+
+
+def register_backlog(app: Flask, queue: str, backlog: QueueBacklog) -> None:
+    """Let queue health count `queue`'s work that waits in another domain's tables;
+    called from that domain's `init_app`, so this package imports none of its models."""
+    app.extensions.setdefault(_BACKLOGS, {})[queue] = backlog
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
 _RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
 
@@ -66,7 +84,7 @@ def queue_health() -> dict:
     outbox_waiting = dict(db.session.execute(
         select(OutboxJob.queue, func.count()).where(OutboxJob.status == "pending")
         .group_by(OutboxJob.queue)).all())
-    webhook_failures, webhook_waiting = _webhook_counts(hour_ago)
+    backlogs = current_app.extensions.get(_BACKLOGS, {})
 
     reports = []
     per_queue = 5 + 60 + 1
@@ -76,9 +94,10 @@ def queue_health() -> dict:
         failed = sum(int(v or 0) for v in chunk[5:65])
         consumers = int(chunk[65])
         waiting = outbox_waiting.get(name, 0)
-        if name == "webhooks":
-            failed = webhook_failures
-            waiting += webhook_waiting
+        backlog = backlogs.get(name)
+        if backlog is not None:
+            failed = backlog.failures_since(hour_ago)
+            waiting += backlog.waiting()
         report = QueueReport(
             name=name, status=OK, depth=queue_depths[name],
             oldest_wait_seconds=_round(oldest_wait_seconds(client, name, now=now)),
@@ -91,7 +110,7 @@ def queue_health() -> dict:
     overall = max((r.status for r in reports), key=_RANK.__getitem__, default=OK)
     return {
         "status": overall,
-        "generated_at": utcnow().isoformat() + "Z",
+        "generated_at": iso(utcnow()),
         "thresholds": {"depth_alert": cfg["QUEUE_DEPTH_ALERT"], "depth_max": cfg["QUEUE_DEPTH_MAX"]},
         "queues": [asdict(r) for r in reports],
         "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
@@ -109,16 +128,6 @@ def _judge(report: QueueReport, cfg) -> None:
     elif report.depth > cfg["QUEUE_DEPTH_ALERT"]:
         report.status = WARNING
         report.reasons.append(f"depth {report.depth} above {cfg['QUEUE_DEPTH_ALERT']}")
-
-
-def _webhook_counts(hour_ago) -> tuple[int, int]:
-    from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
-
-    failures = db.session.scalar(select(func.count()).select_from(WebhookFailure)
-                                 .where(WebhookFailure.updated_at >= hour_ago)) or 0
-    waiting = db.session.scalar(select(func.count()).select_from(WebhookEvent)
-                                .where(WebhookEvent.status == EventStatus.RECEIVED)) or 0
-    return failures, waiting
 
 
 def _limiter_state(queue: str) -> dict | None:

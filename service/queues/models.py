@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db_types import BigId, utcnow
+from service.clock import iso, utcnow
+from service.db_types import BigId
 from service.extensions import db
 
 
@@ -51,5 +52,5 @@ class SlowJob(db.Model):
             "id": self.id, "task_name": self.task_name, "task_id": self.task_id,
             "queue": self.queue, "runtime_seconds": round(self.runtime_seconds, 3),
             "threshold_seconds": self.threshold_seconds, "worker": self.worker,
-            "started_at": self.started_at.isoformat() + "Z", "args_summary": self.args_summary,
+            "started_at": iso(self.started_at), "args_summary": self.args_summary,
         }

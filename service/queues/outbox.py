@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import DateTime, delete, func, select, update
 
 from service import fastsql
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.queues.models import OutboxJob
 from service.queues.publishing import publish, room
@@ -62,7 +62,8 @@ class OutboxReport:
 
 
 def relay_outbox(*, batch: int = 500) -> OutboxReport:
-    """Publish pending jobs oldest first, per queue as far as it has room."""
+    """Publish pending jobs oldest first, per queue as far as it has room, and purge old
+    published rows (committed by the caller)."""
     now = utcnow()
     report = OutboxReport()
     queues = db.session.scalars(
@@ -86,7 +87,10 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
     ).rowcount or 0
     report.waiting = db.session.scalar(
         select(func.count()).select_from(OutboxJob).where(OutboxJob.status == "pending"))
-    db.session.commit()
+    if report.published or report.purged:
+        log.info("outbox relay published jobs", extra={
+            "count": report.published, "reason": f"{report.purged} purged, "
+                                                f"{report.waiting} waiting"})
     return report
 
 
@@ -102,7 +106,11 @@ def _publish_ids(ids: list[int]) -> int:
 
 
 def _send_all(jobs: list[tuple]) -> int:
-    """Send (id, task, args JSON, queue, retries) in order until one is refused."""
+    """Send (id, task, args JSON, queue, retries) in order until one is refused.
+
+    Commits on its own, on purpose: jobs the broker took are marked published at once,
+    so a failure later in the pass cannot roll the mark back and publish them twice.
+    """
     sent = []
     for job_id, task_name, args, queue, retries in jobs:
         # Room is checked on every publish: other publishers share the queue.

@@ -7,24 +7,25 @@ publishes it once the queue drains.
 A job is pushed by one Lua script that reads the queue's depth and pushes only below
 the gate, so the bound holds exactly however many publish at once, and a publish costs
 one round trip. The script can set one more key in the same trip (intake marks the
-event's de-duplication key `stored` this way). The message is a Celery protocol-2
-task message in the envelope Kombu's Redis transport reads (see `message`); workers
-consume it like any other. The gate stops `QUEUE_PUBLISH_HEADROOM` short of
+event's de-duplication key `stored` this way). The message is built by Celery and
+Kombu (see `message`); workers consume it like any other. The gate stops `QUEUE_PUBLISH_HEADROOM` short of
 `QUEUE_DEPTH_MAX`, which leaves room for Celery's own retry messages.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
-import socket
 import time
-import uuid
 
 import redis
+from celery.utils.nodenames import anon_nodename
 from flask import current_app
+from kombu import serialization
+from kombu.entity import PERSISTENT_DELIVERY_MODE
+from kombu.transport.redis import Channel as RedisChannel
+from kombu.utils import json as kombu_json
+from kombu.utils.uuid import uuid
 
 from service.queues.depth import ENQUEUED_AT_HEADER, depth, queue_keys
 
@@ -52,7 +53,6 @@ return 1
 """
 
 _scripts: dict[int, object] = {}
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def gate(queue: str) -> int:
@@ -71,30 +71,34 @@ def room(queue: str) -> int | None:
 
 
 def message(task_name: str, args: list, *, queue: str, retries: int = 0) -> str:
-    """A Celery protocol-2 message for `task_name(*args)`, as Kombu's Redis transport stores it.
+    """A task message for `task_name(*args)`, stored as Kombu's Redis transport stores it.
 
-    The body is JSON `[args, kwargs, embed]`, base64-encoded; the headers are those
-    Celery's `send_task` writes, plus the enqueue stamp queue health reads.
+    Celery builds the message itself (`app.amqp.create_task_message`: protocol 2 headers,
+    properties and body) and Kombu serialises the body; what is added here is the
+    envelope Kombu's virtual transport wraps it in on publish (`prepare_message`, then
+    the base64 body and delivery info), with the enqueue stamp queue health reads. The
+    contract test publishes one task this way and through Celery's own `send_task`, and
+    checks that the two are the same shape and that a worker consumes both.
     """
-    task_id = str(uuid.uuid4())
-    body = json.dumps([args, {}, _EMBED]).encode()
-    return json.dumps({
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py", "task": task_name, "id": task_id, "shadow": None, "eta": None,
-            "expires": None, "group": None, "group_index": None, "retries": retries,
-            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
-            "argsrepr": repr(args)[:1024], "kwargsrepr": "{}", "origin": _origin(),
-            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
-            "stamps": {}, ENQUEUED_AT_HEADER: time.time(),
-        },
-        "properties": {
-            "correlation_id": task_id, "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-        },
+    celery = current_app.extensions["celery"]
+    task_id = uuid()
+    headers, properties, body, _ = celery.amqp.create_task_message(
+        task_id, task_name, args, {}, retries=retries, argsrepr=repr(args)[:1024],
+        kwargsrepr="{}", origin=_origin(), ignore_result=None)
+    content_type, content_encoding, data = serialization.dumps(
+        body, serializer=celery.conf.task_serializer)
+    headers[ENQUEUED_AT_HEADER] = time.time()
+    properties.update(
+        delivery_mode=PERSISTENT_DELIVERY_MODE, priority=RedisChannel.default_priority,
+        delivery_info={"exchange": "", "routing_key": queue},
+        body_encoding=RedisChannel.body_encoding, delivery_tag=uuid(),
+    )
+    return kombu_json.dumps({
+        "body": RedisChannel.codecs[RedisChannel.body_encoding].encode(data),
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": properties,
     })
 
 
@@ -141,8 +145,14 @@ def _script(client: redis.Redis):
     return script
 
 
-_HOSTNAME = socket.gethostname()
+_origins: dict[int, str] = {}
 
 
 def _origin() -> str:
-    return f"{os.getpid()}@{_HOSTNAME}"
+    """Celery's name for a publisher that is not a worker (`gen<pid>@<host>`), once per
+    process: it asks the system for the host name each time."""
+    pid = os.getpid()
+    origin = _origins.get(pid)
+    if origin is None:
+        origin = _origins[pid] = anon_nodename()
+    return origin

@@ -1,20 +1,34 @@
 """Global rate limits for jobs, shared by every worker on every host through Redis.
 
 The window itself is kept by the `limits` library (moving window, Redis storage). A job
-that finds its window full is not slept on and not dropped: it is published again with
-a countdown to a slot reserved for it, spaced `period / limit` after the last one
-reserved, so a backlog is spread evenly over the windows to come instead of every
-waiting job waking at once.
+that finds its window full is not slept on and not dropped: it goes back to the outbox,
+due at a slot reserved for it, spaced `period / limit` after the last one reserved, so
+a backlog is spread evenly over the windows to come instead of every waiting job waking
+at once.
+
+Two parts: `RateLimiter`, the edge that talks to Redis (kept in
+`app.extensions["rate_limiter"]`), and `rate_limited`, the task decorator that asks it
+and puts a limited job back in the outbox.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+from datetime import timedelta
 
 import redis
+from celery.exceptions import Ignore
+from flask import current_app
 from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
+
+from service.clock import utcnow
+from service.queues import outbox
+
+log = logging.getLogger(__name__)
 
 _RESERVE = """
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -59,3 +73,38 @@ class RateLimiter:
             return {"rate": rate, "remaining": None, "reset_in_seconds": None}
         return {"rate": rate, "remaining": stats.remaining,
                 "reset_in_seconds": round(max(0.0, stats.reset_time - time.time()), 1)}
+
+
+def rate_limited(key: str, setting: str):
+    """Run the task only within the global rate `app.config[setting]` for `key`.
+
+    A limited run puts the same job back in the outbox, due at the slot reserved for it,
+    with its retry count unchanged (a wait is not a failure), and ends as ignored. The
+    job waits in the database, not in a worker's memory: the relay publishes it when it
+    is due and its queue has room (the base task commits it as the run ends with Ignore),
+    so a backlog of limited jobs counts against nothing
+    and survives any worker. The task must be bound and take positional arguments only.
+    """
+    def decorate(func):
+        @functools.wraps(func)
+        def run(task, *args, **kwargs):
+            if kwargs:
+                raise TypeError(f"{task.name}: rate-limited tasks take positional arguments only")
+            limiter = current_app.extensions["rate_limiter"]
+            wait = limiter.acquire(key, current_app.config[setting])
+            if wait <= 0:
+                return func(task, *args)
+            request = task.request
+            outbox.add_jobs([(task.name, list(args))], queue=_queue_of(task),
+                            available_at=utcnow() + timedelta(seconds=wait),
+                            retries=request.retries or 0)
+            log.info("rate limited, job back in the outbox", extra={
+                "task": task.name, "task_id": request.id, "countdown": round(wait, 2)})
+            raise Ignore()
+        return run
+    return decorate
+
+
+def _queue_of(task) -> str:
+    delivery = task.request.delivery_info or {}
+    return delivery.get("routing_key") or task.queue or "default"

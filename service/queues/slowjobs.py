@@ -39,6 +39,7 @@ def summarise_args(args, kwargs) -> str:
 
 def record_if_slow(*, task, task_id: str, queue: str | None, worker: str | None,
                    started_at: datetime, runtime: float, args, kwargs) -> SlowJob | None:
+    """Add a slow_jobs row and a P3 signal past the task's threshold; the caller commits."""
     threshold = threshold_for(task)
     if runtime <= threshold:
         return None
@@ -49,7 +50,6 @@ def record_if_slow(*, task, task_id: str, queue: str | None, worker: str | None,
     raise_signal(severity="P3", kind="slow_job", source=task.name,
                  details={"task_id": task_id, "queue": queue,
                           "runtime_seconds": round(runtime, 3), "threshold_seconds": threshold})
-    db.session.commit()
     log.warning("slow job", extra={"task": task.name, "task_id": task_id, "queue": queue,
                                    "duration_ms": round(runtime * 1000)})
     return job

@@ -17,6 +17,7 @@ from service.cli_utils import Duration, echo_json, echo_table
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 from service.webhooks.replay import Selection, retry_failures, select_failures
+from service.webhooks.retention import count_purgeable, purge_payloads, retention_cutoff
 
 cli = AppGroup("webhooks", help="Inspect stored webhook events and replay failures.")
 
@@ -118,6 +119,34 @@ def retry(since, failure_id, provider, dry_run, reason, as_json):
     sys.exit(0 if counts["left_for_relay"] == 0 else 1)
 
 
+@cli.command("purge")
+@click.option("--older-than", "cutoff", type=Duration(),
+              help="Events processed longer ago than this (90d); default PAYLOAD_RETENTION_DAYS.")
+@click.option("--dry-run", is_flag=True, help="Count what would be redacted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def purge(cutoff, dry_run, as_json):
+    """Remove personal data from the payloads of processed events.
+
+    Ids, amounts, currencies, types and states stay; names, addresses, e-mail and card
+    details go, from the event and from its resolved failure row. Failed and waiting
+    events keep their payload for replay. Safe to run again; beat runs it daily.
+    """
+    cutoff = cutoff or retention_cutoff(current_app.config["PAYLOAD_RETENTION_DAYS"])
+    total = 0 if dry_run else count_purgeable(cutoff)
+    with click.progressbar(length=total, label="redacting", file=sys.stderr,
+                           show_pos=True) as bar:
+        report = purge_payloads(cutoff, dry_run=dry_run, progress=bar.update)
+    if as_json:
+        echo_json(report.as_dict())
+    elif dry_run:
+        click.echo(f"dry run: {report.selected} processed event(s) before {report.cutoff} "
+                   "would be redacted")
+    else:
+        click.echo(f"{report.redacted} event payload(s) redacted (and "
+                   f"{report.failures_redacted} failure row(s)), processed before "
+                   f"{report.cutoff}")
+
+
 @cli.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(as_json):
@@ -147,22 +176,23 @@ def send_test(url, order_id, event_type):
     import requests
     import stripe
 
-    from service.orders.models import Order
+    from service.orders.money import to_stripe
+    from service.orders.services import order_to_pay
 
-    order = (db.session.get(Order, order_id) if order_id else
-             db.session.scalar(select(Order).where(Order.status == "pending").limit(1)))
-    if order is None:
+    order_ref = order_to_pay(order_id)
+    if order_ref is None:
         raise click.ClickException("no such order; run `flask demo seed` first or pass --order")
-    order_ref = {"id": order.id, "total_cents": order.total_cents, "currency": order.currency}
     intent_id = f"pi_test_{uuid.uuid4().hex[:16]}"
+    amount = to_stripe(order_ref["total_cents"], order_ref["currency"])
     body = json.dumps({
         "id": f"evt_test_{uuid.uuid4().hex[:16]}",
         "object": "event",
         "type": event_type,
         "created": int(time.time()),
+        # The mode this service expects, or the event would be refused as from the other.
+        "livemode": bool(current_app.config["STRIPE_LIVEMODE"]),
         "data": {"object": {"id": intent_id, "object": "payment_intent",
-                            "amount": order_ref["total_cents"],
-                            "amount_received": order_ref["total_cents"],
+                            "amount": amount, "amount_received": amount,
                             "currency": order_ref["currency"].lower(),
                             "metadata": {"order_id": str(order_ref["id"])}}},
     })

@@ -36,7 +36,11 @@ def publish_lease(now: datetime) -> datetime:
 
 
 def mark_unpublished(event_pk: int) -> None:
-    """Put a queued row whose publish failed back to `received`, for the relay's next pass."""
+    """Put a queued row whose publish failed back to `received`, for the relay's next pass.
+
+    Commits on its own, on purpose: the row was committed as `queued` before the publish
+    (the worker must find it), so its correction is a transaction of its own too.
+    """
     db.session.execute(
         update(WebhookEvent)
         .where(WebhookEvent.id == event_pk, WebhookEvent.status == EventStatus.QUEUED)

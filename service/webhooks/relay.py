@@ -18,7 +18,7 @@ import redis
 from flask import current_app
 from sqlalchemy import and_, or_, select, update
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.queues.depth import oldest_wait_seconds
 from service.queues.publishing import BROKER_DOWN, SENT, room
@@ -98,9 +98,11 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
             mark_unpublished(event_pk)
             break
         report.enqueued += 1
-    if report.found:
-        log.info("relay pass", extra={"count": report.enqueued, "outcome":
-                                      "broker_down" if report.broker_down else "ok"})
+    if report.broker_down:
+        log.warning("relay pass stopped: broker unavailable",
+                    extra={"count": report.enqueued, "outcome": "broker_down"})
+    elif report.enqueued:
+        log.info("relay published stored events", extra={"count": report.enqueued})
     return report
 
 
@@ -108,7 +110,9 @@ def _requeue(event_pk: int, status: str, now, horizon) -> bool:
     """Mark the row queued before publishing, guarded on the state it was found in.
 
     Taking an expired lease away here means a worker that somehow still runs cannot
-    commit its result: its final UPDATE checks the lease token.
+    commit its result: its final UPDATE checks the lease token. Commits on its own, on
+    purpose: the row must be `queued` before its message exists, and no publish happens
+    inside a transaction.
     """
     changed = db.session.execute(
         update(WebhookEvent)

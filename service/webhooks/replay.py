@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask import current_app
 from sqlalchemy import select
 
 from service.audit import services as audit
 from service.audit.actor import Actor
 from service.audit.registry import critical, not_critical
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 from service.webhooks.queueing import mark_unpublished, publish_event, publish_lease
@@ -56,7 +57,9 @@ def retry_failures(failures: list[WebhookFailure], *, actor: Actor,
 
     The event goes back to `queued` in the same commit that counts the retry and writes
     its audit row, so even if the broker is down now the relay will enqueue it; the
-    failure row is resolved by the worker once the event is processed.
+    failure row is resolved by the worker once the event is processed. Commits each
+    failure on its own, on purpose: the event must be `queued` before its message
+    exists, and nothing is published inside a transaction.
     """
     for failure in failures:
         event = db.session.get(WebhookEvent, failure.event_pk, with_for_update=True)
@@ -70,6 +73,8 @@ def retry_failures(failures: list[WebhookFailure], *, actor: Actor,
         before = {"status": event.status, "retry_count": failure.retry_count}
         failure.retry_count += 1
         failure.last_retry_at = now
+        # A responder's retry grants a fresh allowance of attempts on top of those spent.
+        event.attempt_limit = event.attempts + current_app.config["WEBHOOK_MAX_ATTEMPTS"]
         event.status = EventStatus.QUEUED
         event.queued_at = now
         event.lease_token = None

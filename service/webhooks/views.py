@@ -7,15 +7,13 @@ import logging
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from service.metrics import increment
 from service.webhooks.exceptions import RejectedDelivery, StorageUnavailable
 from service.webhooks.intake import accept_event
+from service.webhooks.metrics import DELIVERIES
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
-
-DELIVERIES = "racine_webhooks_deliveries_total"
 
 
 @bp.post("/<provider>")
@@ -27,25 +25,27 @@ def receive(provider: str):
     body = _read_capped(current_app.config["WEBHOOK_MAX_BODY_BYTES"])
     if body is None:
         log.info("delivery too large", extra={"provider": provider, "code": 413})
-        increment(DELIVERIES, provider=provider, outcome="too_large")
+        DELIVERIES.inc(provider=provider, outcome="too_large")
         return _error(413, "too_large", "body exceeds the size limit")
     try:
         event = verifier.verify(body, request.headers)
-    except RejectedDelivery as exc:
-        log.info("delivery rejected", extra={"provider": provider, "reason": exc.reason,
-                                             "code": exc.status_code})
-        increment(DELIVERIES, provider=provider, outcome=exc.code)
-        return _error(exc.status_code, exc.code, exc.reason)
-    try:
         result = accept_event(
             event,
             dedup=current_app.extensions["webhook_dedup"],
             request_id=g.get("request_id"),
         )
+    except RejectedDelivery as exc:
+        log.info("delivery rejected", extra={"provider": provider, "reason": exc.reason,
+                                             "code": exc.status_code})
+        DELIVERIES.inc(provider=provider, outcome=exc.code)
+        response = _error(exc.status_code, exc.code, exc.reason)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except StorageUnavailable as exc:
         log.error("event not stored: database unavailable",
                   extra={"provider": provider, "event_id": event.event_id, "error": str(exc)})
-        increment(DELIVERIES, provider=provider, outcome="storage_unavailable")
+        DELIVERIES.inc(provider=provider, outcome="storage_unavailable")
         response = _error(503, "storage_unavailable", "event not stored; deliver again")
         response.headers["Retry-After"] = "30"
         return response
@@ -53,7 +53,7 @@ def receive(provider: str):
         "provider": provider, "event_id": event.event_id, "event_type": event.event_type,
         "event_pk": result.event_pk, "outcome": result.status,
     })
-    increment(DELIVERIES, provider=provider, outcome=result.status)
+    DELIVERIES.inc(provider=provider, outcome=result.status)
     return jsonify(status=result.status, event_id=event.event_id), 200
 
 

@@ -19,11 +19,19 @@ from sqlalchemy import text
 from service.audit import registry
 from service.audit.partitions import Month, create_partition_sql
 from service.extensions import db
-from service.webhooks import processing
+from service.orders import services as orders_services
+from service.webhooks import handlers
 from service.webhooks.models import WebhookEvent, WebhookFailure
 from tests.support.admin import caller
 from tests.support.db import rows, scalar
-from tests.support.events import charge_refunded, paypal_event, paypal_headers, stripe_event, stripe_headers
+from tests.support.events import (
+    charge_refunded,
+    paypal_event,
+    paypal_headers,
+    process_stored_event,
+    stripe_event,
+    stripe_headers,
+)
 from tests.support.providers import paid_order
 
 UA = "racine-tests/1.0"
@@ -75,7 +83,7 @@ def _failed_event(app) -> tuple[int, int]:
 def _process_last_event(app):
     with app.app_context():
         pk = scalar("SELECT max(id) FROM webhook_events")
-        assert processing.apply(processing.claim(pk, lease_seconds=30)) == "processed"
+        assert process_stored_event(pk) == "processed"
 
 
 # Each driver performs the action once through one entry point and returns
@@ -91,26 +99,69 @@ def api_refund(app, env):
     return "order", order_id, "user:refunder@x.test", True
 
 
-def stripe_webhook_refund(app, env):
-    order_id, intent = paid_order(app)
-    body, _ = stripe_event("charge.refunded", charge_refunded(
-        order_id, intent_id=intent, amount=1000, refunds=[("re_webhook_1", 1000)]))
+def _deliver_stripe(app, event_type, obj):
+    body, _ = stripe_event(event_type, obj)
     assert app.test_client().post("/webhooks/stripe", data=body,
                                   headers=stripe_headers(body)).status_code == 200
     _process_last_event(app)
-    return "order", order_id, "system:stripe", False
 
 
-def paypal_webhook_refund(app, env):
-    order_id, capture = paid_order(app, provider="paypal")
-    body, _ = paypal_event("PAYMENT.CAPTURE.REFUNDED", {
-        "id": "PPREFUND1", "amount": {"value": "2.50", "currency_code": "EUR"},
-        "custom_id": str(order_id),
-        "links": [{"rel": "up", "href": f"https://api.paypal.com/v2/payments/captures/{capture}"}]})
+def _deliver_paypal(app, env, event_type, resource):
+    body, _ = paypal_event(event_type, resource)
     headers = paypal_headers(env["paypal_key"], body)
     assert app.test_client().post("/webhooks/paypal", data=body, headers=headers).status_code == 200
     _process_last_event(app)
-    return "order", order_id, "system:paypal", False
+
+
+def stripe_webhook_refund(app, env):
+    order_id, intent = paid_order(app)
+    _deliver_stripe(app, "charge.refunded", charge_refunded(
+        order_id, intent_id=intent, amount=1000, refunds=[("re_webhook_1", 1000)]))
+    return "order", order_id, "system:stripe", False
+
+
+def _stripe_refund(order_id, intent, refund_id, status, amount=400):
+    return {"id": refund_id, "object": "refund", "amount": amount, "currency": "eur",
+            "status": status, "payment_intent": intent, "metadata": {"order_id": str(order_id)}}
+
+
+def _stripe_refund_event(event_type, status):
+    def drive(app, env):
+        order_id, intent = paid_order(app)
+        _deliver_stripe(app, event_type, _stripe_refund(order_id, intent, f"re_{uuid.uuid4().hex}",
+                                                        status))
+        return "order", order_id, "system:stripe", False
+    return drive
+
+
+def stripe_refund_failed(app, env):
+    """A refund that had succeeded fails (the bank returned it): its money comes back."""
+    order_id, intent = paid_order(app)
+    with app.app_context():
+        db.session.execute(text(
+            "INSERT INTO refunds (order_id, provider, provider_refund_id, provider_payment_id,"
+            " amount_cents, currency, status, created_at)"
+            " VALUES (:o, 'stripe', 're_bounced', :p, 400, 'EUR', 'succeeded', now())"),
+            {"o": order_id, "p": intent})
+        db.session.execute(text("UPDATE orders SET refunded_cents = 400,"
+                                " status = 'partially_refunded' WHERE id = :o"), {"o": order_id})
+        db.session.commit()
+    _deliver_stripe(app, "refund.failed", _stripe_refund(order_id, intent, "re_bounced", "failed"))
+    with app.app_context():
+        assert scalar("SELECT refunded_cents FROM orders WHERE id = :o", o=order_id) == 0
+    return "order", order_id, "system:stripe", False
+
+
+def _paypal_refund_event(event_type):
+    def drive(app, env):
+        order_id, capture = paid_order(app, provider="paypal")
+        _deliver_paypal(app, env, event_type, {
+            "id": f"PP{uuid.uuid4().hex[:12].upper()}", "status": "COMPLETED",
+            "amount": {"value": "2.50", "currency_code": "EUR"}, "custom_id": str(order_id),
+            "links": [{"rel": "up",
+                       "href": f"https://api.paypal.com/v2/payments/captures/{capture}"}]})
+        return "order", order_id, "system:paypal", False
+    return drive
 
 
 def api_stock(app, env):
@@ -219,9 +270,17 @@ def cli_archive(app, env):
 
 
 DRIVERS = {
-    "order.refund": {"POST /api/admin/orders/<id>/refunds": api_refund,
-                     "webhook stripe charge.refunded": stripe_webhook_refund,
-                     "webhook paypal PAYMENT.CAPTURE.REFUNDED": paypal_webhook_refund},
+    "order.refund": {
+        "POST /api/admin/orders/<id>/refunds": api_refund,
+        "webhook stripe charge.refunded": stripe_webhook_refund,
+        "webhook stripe charge.refund.updated": _stripe_refund_event("charge.refund.updated",
+                                                                     "succeeded"),
+        "webhook stripe refund.created": _stripe_refund_event("refund.created", "pending"),
+        "webhook stripe refund.updated": _stripe_refund_event("refund.updated", "succeeded"),
+        "webhook stripe refund.failed": stripe_refund_failed,
+        "webhook paypal PAYMENT.CAPTURE.REFUNDED": _paypal_refund_event("PAYMENT.CAPTURE.REFUNDED"),
+        "webhook paypal PAYMENT.CAPTURE.REVERSED": _paypal_refund_event("PAYMENT.CAPTURE.REVERSED"),
+    },
     "product.stock_adjust": {"POST /api/admin/products/<id>/stock-adjustments": api_stock,
                              "flask stock adjust": cli_stock},
     "payment_method.add": {"PUT /api/admin/customers/<id>/payment-method": _payment_method_api(
@@ -287,6 +346,23 @@ def test_every_public_service_function_is_marked_critical_or_not(module_name):
     unmarked = [name for name, func in _public_functions(module) if registry.marker(func) is None]
     assert not unmarked, (f"{module_name}: mark these @critical(action) or "
                           f"@not_critical(why): {unmarked}")
+
+
+def test_every_webhook_that_calls_a_critical_service_is_an_entry_point_of_its_action():
+    """A provider event wired to a critical orders service (a new refund event type, say)
+    must be listed among its action's entry points, and so be driven above."""
+    critical_functions = {name: registry.marker(func).split(":", 1)[1]
+                          for name, func in _public_functions(orders_services)
+                          if registry.marker(func).startswith("critical:")}
+    assert "apply_refunds" in critical_functions
+    unlisted = []
+    for provider, event_type in handlers.registered():
+        source = inspect.getsource(handlers.lookup(provider, event_type))
+        for name, action in critical_functions.items():
+            entry = f"webhook {provider} {event_type}"
+            if f"orders.{name}(" in source and entry not in registry.action(action).entry_points:
+                unlisted.append(f"{action} via {entry}")
+    assert not unlisted, f"webhook entry points missing from the registry: {unlisted}"
 
 
 def test_functions_marked_critical_name_registered_actions():

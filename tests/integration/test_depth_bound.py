@@ -20,10 +20,10 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import text, update
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.queues.depth import depth
-from service.queues.signals import CONSUMERS_KEY
+from service.queues.hooks import CONSUMERS_KEY
 from service.webhooks.intake import accept_event
 from service.webhooks.models import WebhookEvent
 from service.webhooks.relay import relay_pending
@@ -69,7 +69,7 @@ def slow_worker(clean, tmp_path):
                    env={"QUEUE_DEPTH_MAX": str(BOUND), "QUEUE_PUBLISH_HEADROOM": str(HEADROOM),
                         "WEBHOOK_HANDLER_MODULES": HANDLER_MODULES, "RELAY_BATCH_SIZE": "500"})
     try:
-        # A worker registers as a consumer once it is ready (service/queues/signals.py).
+        # A worker registers as a consumer once it is ready (service/queues/hooks.py).
         wait_until(lambda: clean.extensions["redis"].zcard(CONSUMERS_KEY.format(queue="webhooks")),
                    60, "the worker to be ready", logs=(proc,))
     except BaseException:

@@ -18,8 +18,11 @@ from collections import Counter
 import pytest
 
 from service.queues.depth import ENQUEUED_AT_HEADER, PRIORITY_SEPARATOR, depth, queue_keys
+from service.queues.hooks import CONSUMERS_KEY
 from service.queues.publishing import BROKER_DOWN, FULL, SENT, gate, room, send
-from service.queues.signals import CONSUMERS_KEY
+from tests.support.processes import start_worker
+from tests.support.queue_handlers import RECORDED_KEY
+from tests.support.waiting import wait_until
 
 QUEUE = "erp"  # a real queue of the service; no worker consumes it here
 TASK = "erp.sync_order"
@@ -166,6 +169,54 @@ def test_the_pushed_message_is_a_celery_protocol_2_message_for_the_queue(build_a
     assert other["headers"]["retries"] == 0
     assert other["headers"]["id"] != headers["id"]
     assert other["properties"]["delivery_tag"] != properties["delivery_tag"]
+
+
+# --- the contract with Celery ---------------------------------------------------------
+
+CONTRACT_QUEUE = "contract"
+
+
+def test_a_message_sent_here_matches_one_celery_sends_and_a_worker_consumes_both(
+        clean, broker, tmp_path):
+    celery = clean.extensions["celery"]
+    with clean.app_context():
+        assert send("tests.record", [1, "ours"], queue=CONTRACT_QUEUE, retries=1) == SENT
+    celery.send_task("tests.record", args=[2, "celery's"], queue=CONTRACT_QUEUE, retries=1)
+
+    celerys_raw, ours_raw = broker.lrange(CONTRACT_QUEUE, 0, -1)
+    ours, ours_body = decode(ours_raw)
+    celerys, celerys_body = decode(celerys_raw)
+    assert ours.keys() == celerys.keys()
+    assert ours["headers"].keys() == celerys["headers"].keys()
+    assert ours["properties"].keys() == celerys["properties"].keys()
+    for envelope in (ours, celerys):
+        assert envelope["properties"]["delivery_info"] == {"exchange": "",
+                                                           "routing_key": CONTRACT_QUEUE}
+    shared = ("content-type", "content-encoding")
+    assert {k: ours[k] for k in shared} == {k: celerys[k] for k in shared}
+    same_values = ("lang", "task", "retries", "eta", "expires", "group", "parent_id",
+                   "shadow", "stamps")
+    assert {k: ours["headers"][k] for k in same_values} == \
+        {k: celerys["headers"][k] for k in same_values}
+    assert {k: v for k, v in ours["properties"].items()
+            if k not in ("correlation_id", "reply_to", "delivery_tag")} == \
+        {k: v for k, v in celerys["properties"].items()
+         if k not in ("correlation_id", "reply_to", "delivery_tag")}
+    assert ours_body[1:] == celerys_body[1:]
+    # send_task stamps the app-wide default limits; none here lets the worker apply the
+    # task's own (per-task annotations), as apply_async of a known task would.
+    assert ours["headers"]["timelimit"] == [None, None]
+    assert (ours_body[0], celerys_body[0]) == ([1, "ours"], [2, "celery's"])
+
+    worker = start_worker(tmp_path, queues=CONTRACT_QUEUE, concurrency=1, beat=False,
+                          env={"WEBHOOK_HANDLER_MODULES": "tests.support.queue_handlers"})
+    try:
+        wait_until(lambda: broker.llen(RECORDED_KEY) == 2, 30, "both messages consumed",
+                   logs=[worker])
+    finally:
+        worker.stop()
+    assert sorted(json.loads(raw) for raw in broker.lrange(RECORDED_KEY, 0, -1)) == \
+        [[1, "ours"], [2, "celery's"]]
 
 
 # --- the broker down -------------------------------------------------------------------

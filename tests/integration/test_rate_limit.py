@@ -63,22 +63,25 @@ def start_workers(tmp_path, count: int, *, env: dict) -> list:
     return started
 
 
+WARM_UP_MODULES = "tests.support.test_handlers,tests.support.queue_handlers"
+
+
 def warm_up(celery, procs) -> None:
     """Have every worker process open its database connection before the measurement.
 
     A row's `created_at` is stamped after the job's hit in Redis; on a cold pool process
     the first connection to PostgreSQL puts some 0.3 s between the two, which would
-    blur the windows measured from the rows. `queues.relay_outbox` touches the database
+    blur the windows measured from the rows. `tests.touch_database` opens the connection
     and is not rate limited; sent to `orders`, it runs on whichever worker takes it.
     """
     def warmed(proc) -> bool:
-        return "Task queues.relay_outbox[" in proc.log()
+        return "Task tests.touch_database[" in proc.log()
 
     def send_more():
         if all(warmed(p) for p in procs):
             return True
         for _ in procs:
-            celery.send_task("queues.relay_outbox", queue="orders")
+            celery.send_task("tests.touch_database", queue="orders")
         time.sleep(0.3)
         return False
 
@@ -104,7 +107,8 @@ def relay(clean, tmp_path):
 
 @pytest.fixture
 def three_workers(clean, tmp_path, relay):
-    procs = start_workers(tmp_path, 3, env={"ORDERS_RATE_LIMIT": SCALED_RATE})
+    procs = start_workers(tmp_path, 3, env={"ORDERS_RATE_LIMIT": SCALED_RATE,
+                                            "WEBHOOK_HANDLER_MODULES": WARM_UP_MODULES})
     yield procs
     for proc in procs:
         proc.stop()

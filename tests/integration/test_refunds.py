@@ -12,10 +12,16 @@ import pytest
 import requests
 
 from service.extensions import db
-from service.webhooks import processing
 from tests.support.admin import caller, make_user
 from tests.support.db import rows, scalar
-from tests.support.events import charge_refunded, stripe_event, stripe_headers
+from tests.support.events import (
+    charge_refunded,
+    paypal_event,
+    paypal_headers,
+    process_stored_event,
+    stripe_event,
+    stripe_headers,
+)
 from tests.support.processes import start_gunicorn
 from tests.support.providers import paid_order, provider_settings
 
@@ -55,8 +61,13 @@ def test_partial_refund_calls_stripe_records_the_refund_and_one_audit_row(clean,
     assert (log["ip_address"], log["user_agent"], log["reason"]) == (
         "127.0.0.1", "racine-tests/1.0", "customer asked")
     assert log["token_prefix"] and operator.token.startswith(log["token_prefix"])
-    assert meta["before"] == {"status": "paid", "refunded_cents": 0}
-    assert meta["after"] == {"status": "partially_refunded", "refunded_cents": 300}
+    refund_id = body["provider_refund_id"]
+    assert meta["before"] == {"status": "paid", "refunded_cents": 0, "refunds": {refund_id: None}}
+    assert meta["after"] == {"status": "partially_refunded", "refunded_cents": 300,
+                             "refunds": {refund_id: "succeeded"}}
+    assert meta["refunds"] == [{"provider_refund_id": refund_id, "amount_cents": 300,
+                                "currency": "EUR", "status_before": None, "status": "succeeded"}]
+    assert meta["refund_request_id"] == body["id"] and meta["provider_payment_id"] == intent
 
 
 def test_refunds_never_exceed_what_was_captured(clean, providers, operator):
@@ -135,19 +146,117 @@ def test_an_unknown_provider_outcome_stays_pending_and_the_same_key_completes_it
         assert scalar("SELECT sum(amount_cents) FROM refunds") == 400
 
 
-def test_the_providers_charge_refunded_webhook_matches_the_refund_already_recorded(
-        clean, providers, operator):
+def _deliver(app, body: bytes, headers: dict, path: str = "/webhooks/stripe") -> None:
+    """Post one delivery and process it as a worker would, in this thread."""
+    with app.app_context():
+        assert app.test_client().post(path, data=body, headers=headers).status_code == 200
+        pk = scalar("SELECT max(id) FROM webhook_events")
+        assert process_stored_event(pk) == "processed"
+        db.session.remove()
+
+
+def _charge_refunded_listing(order_id, intent, refund_id):
+    return charge_refunded(order_id, intent_id=intent, amount=1000, refunds=[(refund_id, 300)])
+
+
+def _charge_refunded_cumulative(order_id, intent, refund_id):
+    # Newer API versions: no refund list, only the charge's cumulative figure.
+    charge = charge_refunded(order_id, intent_id=intent, amount=1000, refunds=[(refund_id, 300)])
+    del charge["refunds"]
+    return charge
+
+
+def _refund_updated(order_id, intent, refund_id):
+    return {"id": refund_id, "object": "refund", "amount": 300, "currency": "eur",
+            "status": "succeeded", "payment_intent": intent,
+            "metadata": {"order_id": str(order_id)}}
+
+
+@pytest.mark.parametrize(("event_type", "make"), [
+    ("charge.refunded", _charge_refunded_listing),
+    ("charge.refunded", _charge_refunded_cumulative),
+    ("refund.updated", _refund_updated),
+], ids=["refund-list", "cumulative-figure", "refund-object"])
+def test_the_providers_later_webhook_matches_the_refund_already_recorded(
+        clean, providers, operator, event_type, make):
     order_id, intent = paid_order(clean)
     refund_id = refund(operator, order_id, 300).get_json()["provider_refund_id"]
-    body, _ = stripe_event("charge.refunded", charge_refunded(
-        order_id, intent_id=intent, amount=1000, refunds=[(refund_id, 300)]))
-    client = clean.test_client()
-    assert client.post("/webhooks/stripe", data=body, headers=stripe_headers(body)).status_code == 200
+    body, _ = stripe_event(event_type, make(order_id, intent, refund_id))
+    _deliver(clean, body, stripe_headers(body))
     with clean.app_context():
-        pk = scalar("SELECT id FROM webhook_events WHERE event_type = 'charge.refunded'")
-        assert processing.apply(processing.claim(pk, lease_seconds=30)) == "processed"
         assert scalar("SELECT sum(amount_cents) FROM refunds") == 300
+        assert rows("SELECT refunded_cents, status FROM orders WHERE id = :id", id=order_id) == [
+            {"refunded_cents": 300, "status": "partially_refunded"}]
+        assert rows("SELECT actor FROM audit_logs WHERE action = 'order.refund'") == [
+            {"actor": f"user:{operator.email}"}]
+
+
+def test_paypals_later_refund_webhook_matches_the_refund_already_recorded(
+        clean, providers, operator, paypal_signing):
+    order_id, capture = paid_order(clean, provider="paypal")
+    refund_id = refund(operator, order_id, 250).get_json()["provider_refund_id"]
+    body, _ = paypal_event("PAYMENT.CAPTURE.REFUNDED", {
+        "id": refund_id, "status": "COMPLETED", "custom_id": str(order_id),
+        "amount": {"value": "2.50", "currency_code": "EUR"},
+        "links": [{"rel": "up", "href": f"https://api.paypal.com/v2/payments/captures/{capture}"}]})
+    _deliver(clean, body, paypal_headers(paypal_signing[0], body), "/webhooks/paypal")
+    with clean.app_context():
+        assert scalar("SELECT sum(amount_cents) FROM refunds") == 250
+        assert scalar("SELECT refunded_cents FROM orders WHERE id = :id", id=order_id) == 250
         assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'order.refund'") == 1
+
+
+def test_a_webhook_that_outruns_the_providers_answer_is_counted_once(clean, providers, operator):
+    """The provider's webhook for the refund is processed before its HTTP answer reaches
+    the service: the refund is the provider's record, counted once, and the operator's
+    action still has its own audit row, which changes nothing."""
+    stripe, _ = providers
+    order_id, intent = paid_order(clean)
+
+    def webhook_first(refund_body):
+        body, _ = stripe_event("charge.refunded",
+                               _charge_refunded_listing(order_id, intent, refund_body["id"]))
+        _deliver(clean, body, stripe_headers(body))
+
+    stripe.before_answer = webhook_first
+    response = refund(operator, order_id, 300)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["refund_status"] == "succeeded"
+    with clean.app_context():
+        assert scalar("SELECT sum(amount_cents) FROM refunds") == 300
+        assert scalar("SELECT refunded_cents FROM orders WHERE id = :id", id=order_id) == 300
+        logs = rows("SELECT actor, metadata FROM audit_logs WHERE action = 'order.refund'"
+                    " ORDER BY id")
+    assert [log["actor"] for log in logs] == ["system:stripe", f"user:{operator.email}"]
+    provider_row, operator_row = (json.loads(log["metadata"]) for log in logs)
+    assert provider_row["after"]["refunded_cents"] == 300
+    assert operator_row["before"] == operator_row["after"]
+    assert operator_row["already_recorded"] == [response.get_json()["provider_refund_id"]]
+
+
+def test_a_refund_pending_at_the_provider_counts_once_it_succeeds(clean, providers, operator):
+    stripe, _ = providers
+    stripe.refund_status = "pending"
+    order_id, intent = paid_order(clean)
+    response = refund(operator, order_id, 300)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["refund_status"] == "pending"
+    with clean.app_context():
+        assert rows("SELECT refunded_cents, status FROM orders WHERE id = :id", id=order_id) == [
+            {"refunded_cents": 0, "status": "paid"}]
+    # Money in flight at the provider is not refundable again.
+    assert refund(operator, order_id, 701).status_code == 422
+    body, _ = stripe_event("refund.updated", _refund_updated(
+        order_id, intent, response.get_json()["provider_refund_id"]))
+    _deliver(clean, body, stripe_headers(body))
+    with clean.app_context():
+        assert rows("SELECT refunded_cents, status FROM orders WHERE id = :id", id=order_id) == [
+            {"refunded_cents": 300, "status": "partially_refunded"}]
+        logs = rows("SELECT actor, metadata FROM audit_logs WHERE action = 'order.refund'"
+                    " ORDER BY id")
+    assert [log["actor"] for log in logs] == [f"user:{operator.email}", "system:stripe"]
+    assert [json.loads(log["metadata"])["refunds"][0]["status"] for log in logs] == [
+        "pending", "succeeded"]
 
 
 def test_paypal_refunds_go_through_the_paypal_rest_call(clean, providers, operator):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import text
+
 from service.audit.actor import Actor
-from service.db_types import utcnow
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import WebhookEvent, WebhookFailure
 from service.webhooks.replay import Selection, retry_failures, select_failures
@@ -38,16 +40,32 @@ def test_replay_requeues_a_failed_event_but_leaves_one_a_worker_is_processing(ct
                 for o in retry_failures(select_failures(Selection()),
                                                  actor=Actor.system("test"))}
 
-    assert outcomes[busy] == "skipped"
-    assert outcomes[failed] != "skipped" and outcomes[stale] != "skipped"
+    # The broker is up and the queue has room: both others are published.
+    assert outcomes == {busy: "skipped", failed: "enqueued", stale: "enqueued"}
     db.session.expire_all()
     rows = {e.id: e for e in db.session.query(WebhookEvent)}
     # The live lease is untouched, so that worker can still commit its result.
     assert (rows[busy].status, rows[busy].lease_token) == ("processing", "t")
     for pk in (failed, stale):
-        assert rows[pk].status in ("queued", "received")
-        assert rows[pk].lease_token is None
-    requeued = [rows[pk] for pk in (failed, stale) if rows[pk].status == "queued"]
-    # A requeued row carries a publish lease, as an intake publish does.
-    assert all(row.lease_expires_at is not None and row.lease_expires_at > now
-               for row in requeued)
+        assert (rows[pk].status, rows[pk].lease_token) == ("queued", None)
+        # A requeued row carries a publish lease, as an intake publish does.
+        assert rows[pk].lease_expires_at > now
+    assert {f.event_pk: f.retry_count for f in db.session.query(WebhookFailure)} == \
+        {busy: 0, failed: 1, stale: 1}
+
+
+def test_replay_with_the_broker_down_leaves_the_event_received_for_the_relay(build_app):
+    no_broker = build_app({"REDIS_URL": "redis://127.0.0.1:1/0"})
+    with no_broker.app_context():
+        db.session.execute(text("TRUNCATE webhook_events, webhook_failures RESTART IDENTITY"
+                                " CASCADE"))
+        db.session.commit()
+        failed = _failed_event("evt_failed_offline", status="failed")
+
+        outcomes = [o.result for o in retry_failures(select_failures(Selection()), actor="t")]
+
+        assert outcomes == ["left_for_relay"]
+        db.session.expire_all()
+        event = db.session.get(WebhookEvent, failed)
+        assert (event.status, event.queued_at, event.lease_expires_at) == ("received", None, None)
+        assert db.session.get(WebhookFailure, 1).retry_count == 1

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.db_types import utcnow
+from service.clock import utcnow
 from tests.support.db import rows
 from tests.support.processes import start_worker
 from tests.support.waiting import wait_until

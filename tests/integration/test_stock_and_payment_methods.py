@@ -133,10 +133,11 @@ def test_concurrent_writers_never_fork_the_chain(clean):
 def test_partitions_are_created_ahead_by_the_beat_task(clean, monkeypatch):
     with clean.app_context():
         created = ensure_partitions(months_ahead=6, now=datetime(2031, 11, 5))
+        db.session.commit()
         assert created[0] == "audit_logs_y2031m11" and created[-1] == "audit_logs_y2032m05"
         assert ensure_partitions(months_ahead=6, now=datetime(2031, 11, 5)) == []
         monkeypatch.setitem(clean.config, "AUDIT_PARTITIONS_AHEAD", 5)
-        create_partitions.run()
+        create_partitions()  # through the base task, which commits its run
         current = Month.of(datetime.utcnow())
         assert {current.plus(n) for n in range(6)} <= set(existing())
         for name in created:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,15 +50,18 @@ class Process:
         self._log.close()
 
     def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the leader only, as a process manager does: gunicorn and Celery then
+        stop their own children in order (each child finishes its exit path: counts
+        flushed, coverage data saved). Whatever is left after `timeout` is killed."""
         if self.popen.poll() is None:
+            self.popen.terminate()
             try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-            except ProcessLookupError:
                 pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
         self._log.close()
 
 

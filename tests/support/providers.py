@@ -28,6 +28,11 @@ class FakeProvider:
         self.refunds: dict[str, dict] = {}  # idempotency key -> refund
         self.mode = "ok"  # ok | decline | error
         self.delay = 0.0
+        # Stripe's status of a new refund ("pending" for a bank transfer refund, say).
+        self.refund_status = "succeeded"
+        # Called with the new refund's body before the answer leaves (a provider whose
+        # webhook outruns its own HTTP answer).
+        self.before_answer = None
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -58,11 +63,13 @@ class FakeProvider:
                              "details": [{"issue": "CAPTURE_FULLY_REFUNDED"}]}
             refund_id = (f"re_{uuid.uuid4().hex[:16]}" if self.kind == "stripe"
                          else f"RF{uuid.uuid4().hex[:14].upper()}")
-            body = ({"id": refund_id, "object": "refund", "status": "succeeded",
+            body = ({"id": refund_id, "object": "refund", "status": self.refund_status,
                      "amount": amount, "currency": "eur", "payment_intent": payment}
                     if self.kind == "stripe" else {"id": refund_id, "status": "COMPLETED"})
             self.refunds[key] = {"amount": amount, "payment": payment, "body": body}
-            return 200, body
+        if self.before_answer is not None:
+            self.before_answer(body)
+        return 200, body
 
     def _handler(self):
         provider = self

@@ -34,3 +34,24 @@ def sleep(seconds: float, *_ids, **_details) -> float:
 def fail() -> None:
     """Fail at once, for the per-queue failure counters."""
     raise ValueError("test job failed on purpose")
+
+
+RECORDED_KEY = "test:recorded"
+
+
+@shared_task(name="tests.record", ignore_result=True)
+def record(*args) -> None:
+    """Note the arguments of each run, so a test sees which messages a worker consumed."""
+    import json
+
+    current_app.extensions["redis"].rpush(RECORDED_KEY, json.dumps(list(args)))
+
+
+@shared_task(name="tests.touch_database", ignore_result=True)
+def touch_database() -> None:
+    """Open this pool process's database connection (a warm-up before a measurement)."""
+    from sqlalchemy import text
+
+    from service.extensions import db
+
+    db.session.execute(text("SELECT 1"))

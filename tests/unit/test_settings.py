@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
-from service.config import load_settings
+from service.config import engine_options, load_settings
 
 
 @pytest.fixture
@@ -37,3 +39,56 @@ def test_the_environment_wins_over_run_env(bare_environment, monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/7")
 
     assert load_settings(str(instance))["REDIS_URL"] == "redis://127.0.0.1:6379/7"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+_READS = re.compile(r'(?:_env_[a-z]+|os\.environ\.get)\(\s*"([A-Z][A-Z0-9_]*)"')
+
+
+def _variables_read(path: Path) -> set[str]:
+    return set(_READS.findall(path.read_text()))
+
+
+def _configuration_table() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Configuration")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def test_every_variable_the_service_reads_is_in_the_readme_table():
+    read = _variables_read(ROOT / "service" / "config.py")
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]*)`", _configuration_table()))
+
+    assert {"DATABASE_URL", "DB_POOL_SIZE", "BROKER_VISIBILITY_TIMEOUT"} <= read
+    assert read - documented == set()
+
+
+def test_only_the_config_module_reads_the_environment():
+    readers = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "service").rglob("*.py")
+        if path.name != "config.py" and re.search(r"os\.environ|os\.getenv", path.read_text())
+    )
+
+    assert readers == []
+
+
+def test_database_pool_settings_come_from_the_environment(bare_environment, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://racine@db.internal/racine")
+    monkeypatch.setenv("DB_POOL_SIZE", "12")
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "7")
+    settings = load_settings(str(bare_environment))
+
+    options = engine_options(settings)
+
+    assert settings["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://")
+    assert options["pool_size"] == 12
+    assert options["connect_args"]["connect_timeout"] == 7
+    # Statement parameters are payload values and personal data: never in an error.
+    assert options["hide_parameters"] is True
+
+
+def test_a_setting_that_is_not_a_number_is_refused_with_its_name(bare_environment, monkeypatch):
+    monkeypatch.setenv("BROKER_POOL_LIMIT", "ten")
+
+    with pytest.raises(ValueError, match="BROKER_POOL_LIMIT must be an integer"):
+        load_settings(str(bare_environment))

@@ -1,4 +1,5 @@
-"""Celery signal handlers: enqueue stamps, throughput counters, consumers, slow jobs.
+"""Worker hooks (receivers of Celery's own signals): enqueue stamps, throughput counts,
+consumers, slow jobs. ("Signal" alone, in this service, means an alert signal.)
 
 Connected once per app by `connect(app)`. Everything here is best effort: a failure
 to count or record must never fail the job itself.
@@ -15,8 +16,9 @@ from datetime import timedelta
 from celery import signals
 from flask import Flask
 
+from service.clock import utcnow
 from service.counting import BufferedCounts
-from service.db_types import utcnow
+from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
 from service.queues.slowjobs import record_if_slow, threshold_for
 
@@ -33,6 +35,7 @@ _announced: list[tuple[str, list[str]]] = []
 
 def connect(app: Flask) -> None:
     client = app.extensions["redis"]
+    _counts.every = app.config["METRICS_FLUSH_SECONDS"]
 
     @signals.before_task_publish.connect(weak=False)
     def _stamp(headers=None, **_kwargs):
@@ -60,6 +63,8 @@ def connect(app: Flask) -> None:
                                worker=task.request.hostname,
                                started_at=utcnow() - timedelta(seconds=runtime),
                                runtime=runtime, args=args, kwargs=kwargs)
+                # After the task's own transaction: a hook of its own, committed here.
+                db.session.commit()
         except Exception as exc:
             log.warning("slow job not recorded", extra={"task": task.name,
                                                         "error": type(exc).__name__})
