@@ -62,7 +62,8 @@ def test_replay_with_the_broker_down_leaves_the_event_received_for_the_relay(bui
         db.session.commit()
         failed = _failed_event("evt_failed_offline", status="failed")
 
-        outcomes = [o.result for o in retry_failures(select_failures(Selection()), actor="t")]
+        outcomes = [o.result for o in retry_failures(select_failures(Selection()),
+                                                     actor=Actor.system("test"))]
 
         assert outcomes == ["left_for_relay"]
         db.session.expire_all()

@@ -136,6 +136,7 @@ def test_partitions_are_created_ahead_by_the_beat_task(clean, monkeypatch):
         db.session.commit()
         assert created[0] == "audit_logs_y2031m11" and created[-1] == "audit_logs_y2032m05"
         assert ensure_partitions(months_ahead=6, now=datetime(2031, 11, 5)) == []
+        db.session.commit()
         monkeypatch.setitem(clean.config, "AUDIT_PARTITIONS_AHEAD", 5)
         create_partitions()  # through the base task, which commits its run
         current = Month.of(datetime.utcnow())
