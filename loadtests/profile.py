@@ -38,9 +38,18 @@ def main(argv=None) -> int:
         from service import create_app
 
         app = create_app()
+        with app.app_context():
+            from sqlalchemy import text
+
+            from service.extensions import db
+
+            # Each payment pays its order exactly: the common path (paid, follow-ups queued).
+            totals = dict(db.session.execute(text("SELECT id, total_cents FROM orders")).all())
+            db.session.remove()
         deliveries = []
         for n in range(args.events):
-            _, body, headers, _ = signing.stripe_payment(1 + n % args.orders, 1000, secret=SECRET)
+            order_id = 1 + n % args.orders
+            _, body, headers, _ = signing.stripe_payment(order_id, totals[order_id], secret=SECRET)
             deliveries.append((body, headers))
         client = app.test_client()
         client.post("/webhooks/stripe", data=deliveries[0][0], headers=deliveries[0][1])

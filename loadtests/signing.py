@@ -23,7 +23,7 @@ def stripe_payment(order_id: int, amount: int, *, secret: str,
     intent_id = f"pi_load_{uuid.uuid4().hex[:24]}"
     body = json.dumps({
         "id": event_id, "object": "event", "type": "payment_intent.succeeded",
-        "created": int(time.time()),
+        "created": int(time.time()), "livemode": False,
         "data": {"object": {"id": intent_id, "object": "payment_intent", "amount": amount,
                             "amount_received": amount, "currency": "eur",
                             "metadata": {"order_id": str(order_id)}}},
@@ -78,21 +78,112 @@ def load_private_key(path: str):
         return serialization.load_pem_private_key(handle.read(), password=None)
 
 
-def make_certificate(*, days_valid: int = 30, not_before_offset_days: int = -1):
-    """A new RSA key and a self-signed PEM certificate for it: (key, pem bytes).
+PAYPAL_SUBJECT = "messageverificationcerts.paypal.com"
 
-    The certificate becomes valid `not_before_offset_days` from now and stays valid for
-    `days_valid` days after that: `not_before_offset_days=-10, days_valid=5` gives a
-    certificate that expired five days ago, `not_before_offset_days=1` one not yet valid.
+
+def make_certificate(*, days_valid: int = 30, not_before_offset_days: int = -1,
+                     common_name: str = PAYPAL_SUBJECT, issuer=None):
+    """A new RSA key and a PEM certificate for it: (key, pem bytes).
+
+    Self-signed, or signed by `issuer` (a CertificateAuthority from `make_ca`), in which
+    case the PEM carries the issuer's chain below the root after the certificate, as
+    PayPal serves it. The certificate becomes valid `not_before_offset_days` from now and
+    stays valid for `days_valid` days after that: `not_before_offset_days=-10,
+    days_valid=5` gives a certificate that expired five days ago.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "messageverificationcerts.test")])
+    key = _rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     not_before = datetime.now(UTC) + timedelta(days=not_before_offset_days)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=days_valid))
-            .sign(key, hashes.SHA256()))
-    return key, cert.public_bytes(serialization.Encoding.PEM)
+    builder = (x509.CertificateBuilder().subject_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(not_before)
+               .not_valid_after(not_before + timedelta(days=days_valid)))
+    if issuer is None:
+        cert = builder.issuer_name(name).sign(key, hashes.SHA256())
+        return key, cert.public_bytes(serialization.Encoding.PEM)
+    cert = (builder.issuer_name(issuer.certificate.subject)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer.key.public_key()), critical=False)
+            .sign(issuer.key, hashes.SHA256()))
+    return key, cert.public_bytes(serialization.Encoding.PEM) + issuer.chain_pem
+
+
+class CertificateAuthority:
+    """A throwaway CA: its key, its certificate, and the PEM of the chain below the root
+    (empty for a root) that certificates it signs are served with."""
+
+    def __init__(self, key, certificate, chain_pem: bytes = b""):
+        self.key = key
+        self.certificate = certificate
+        self.chain_pem = chain_pem
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def intermediate(self, common_name: str = "Racine Test Intermediate CA"
+                     ) -> CertificateAuthority:
+        """A CA signed by this one, served together with its certificate."""
+        return make_ca(common_name, issuer=self)
+
+
+def make_ca(common_name: str = "Racine Test Root CA", *, issuer: CertificateAuthority | None = None,
+            days_valid: int = 60) -> CertificateAuthority:
+    """A CA certificate with the extensions path validation requires of one."""
+    key = _rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    signer_key, issuer_name = (key, name) if issuer is None else (issuer.key,
+                                                                  issuer.certificate.subject)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=days_valid))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False)
+    certificate = builder.sign(signer_key, hashes.SHA256())
+    chain = b"" if issuer is None else (
+        certificate.public_bytes(serialization.Encoding.PEM) + issuer.chain_pem)
+    return CertificateAuthority(key, certificate, chain)
+
+
+def make_tls_certificate(issuer: CertificateAuthority, host: str = "127.0.0.1"):
+    """A TLS server certificate for `host` (an IP address or a DNS name): (key, pem)."""
+    import ipaddress
+
+    key = _rsa_key()
+    try:
+        alt_name = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt_name = x509.DNSName(host)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(issuer.certificate.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.key.public_key()), critical=False)
+        .sign(issuer.key, hashes.SHA256())
+    )
+    return key, cert.public_bytes(serialization.Encoding.PEM) + issuer.chain_pem
+
+
+def _rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def make_key_and_certificate(directory) -> tuple[str, str]:

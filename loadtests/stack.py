@@ -148,6 +148,8 @@ class Stack:
         self.env = {
             **os.environ,
             "RACINE_DOTENV": "/nonexistent/.env",
+            # Load runs sign with the built-in development secrets (or those exported).
+            "RACINE_ENV": "development",
             "RACINE_INSTANCE_PATH": str(self.tmp),
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,

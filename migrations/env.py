@@ -91,14 +91,35 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=get_metadata(),
-            **conf_args
-        )
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a SQLite table (copy, drop, rename) to change a column;
+            # with foreign keys enforced, dropping a table others refer to fails. The
+            # pragma only takes effect outside a transaction, hence on the driver
+            # connection before the migration's transaction begins.
+            _sqlite_pragma(connection, "PRAGMA foreign_keys=OFF")
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=get_metadata(),
+                **conf_args
+            )
 
-        with context.begin_transaction():
-            context.run_migrations()
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if sqlite:
+                connection.rollback()
+                _sqlite_pragma(connection, "PRAGMA foreign_keys=ON")
+        if sqlite:
+            broken = _sqlite_pragma(connection, "PRAGMA foreign_key_check")
+            if broken:
+                raise RuntimeError(f"foreign keys broken by the migration: {broken[:5]}")
+
+
+def _sqlite_pragma(connection, pragma):
+    cursor = connection.connection.driver_connection.execute(pragma)
+    return cursor.fetchall()
 
 
 if context.is_offline_mode():

@@ -88,6 +88,9 @@ def main() -> int:
     instance = Path(os.environ.get("RACINE_INSTANCE_PATH", ROOT / "instance")).resolve()
     instance.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, RACINE_INSTANCE_PATH=str(instance), PATH=f"{BIN}:{os.environ['PATH']}")
+    # A local run uses the built-in development secrets unless told otherwise; production
+    # (the default everywhere else) refuses to start without real ones.
+    env.setdefault("RACINE_ENV", "development")
     redis_proc = None
     run_env = instance / "run.env"
     if not env.get("REDIS_URL"):
@@ -95,7 +98,8 @@ def main() -> int:
         # Every `flask --app service ...` run with this instance folder reads it, so the
         # operator's commands (queue health, webhooks list) talk to this Redis too.
         run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
-                           f"REDIS_URL={env['REDIS_URL']}\n")
+                           f"REDIS_URL={env['REDIS_URL']}\n"
+                           f"RACINE_ENV={env['RACINE_ENV']}\n")
     else:
         say("using REDIS_URL from the environment")
     if not env.get("FLOWER_BASIC_AUTH"):

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 
 import redis
 from flask import Flask, g, request
 
 from service.celery_app import celery_init_app
-from service.config import engine_options, instance_path, load_settings, normalise_database_url
+from service.config import (
+    ConfigError,
+    check_settings,
+    engine_options,
+    instance_path,
+    load_settings,
+    normalise_database_url,
+)
 from service.extensions import configure_sqlite, db, migrate, ping_when_idle
 from service.logs import configure_logging, request_id_var
 
@@ -24,6 +32,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(load_settings(app.instance_path))
     if test_config:
         app.config.from_mapping(test_config)
+    check_settings(app.config)
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(
         app.config["SQLALCHEMY_DATABASE_URI"])
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
@@ -44,12 +53,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     _install_request_id(app)
 
-    from service import admin, alerts, erp, health, metrics, orders, queues, webhooks
+    from service import accounts, admin, alerts, audit, erp, health, metrics, orders, queues, webhooks
 
     # Each domain registers its blueprints, CLI, tables, queue, routes and beat entries;
     # queues are listed (queue health, metrics) in the order their domains come here.
     health.init_app(app)
     metrics.init_app(app)
+    audit.init_app(app)
+    accounts.init_app(app)
     alerts.init_app(app)
     webhooks.init_app(app)
     orders.init_app(app)
@@ -58,6 +69,24 @@ def create_app(test_config: dict | None = None) -> Flask:
     admin.init_app(app)
     celery_init_app(app)
     return app
+
+
+# gunicorn's "app failed to load" status: its arbiter stops instead of respawning workers
+# that would fail the same way; Celery and any other caller simply exit with it.
+CONFIG_ERROR_EXIT = 4
+
+
+def create_app_or_exit() -> Flask:
+    """`create_app` for the process entry points (web, workers, beat).
+
+    Settings that do not allow a start end the process with one clear message on stderr
+    and exit status 4, rather than a traceback.
+    """
+    try:
+        return create_app()
+    except ConfigError as exc:
+        print(f"racine: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
 
 
 def _install_request_id(app: Flask) -> None:

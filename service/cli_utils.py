@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 
@@ -12,6 +12,28 @@ from service.clock import utcnow
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: str) -> timedelta:
+    """`90s`, `30m`, `1h`, `2d`, `1w` as a timedelta; ValueError otherwise."""
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration like 30m, 1h or 2d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class Lifetime(click.ParamType):
+    """A length of time ahead such as `30d`; converts to a timedelta."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class Duration(click.ParamType):
@@ -22,11 +44,10 @@ class Duration(click.ParamType):
     def convert(self, value, param, ctx) -> datetime:
         if isinstance(value, datetime):
             return value
-        match = _DURATION.match(str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration like 30m, 1h or 2d", param, ctx)
-        amount, unit = int(match.group(1)), match.group(2)
-        return utcnow() - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return utcnow() - parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def echo_json(data) -> None:
@@ -49,3 +70,32 @@ def _cell(value) -> str:
     text = "" if value is None else str(value)
     text = text.replace("\n", " ")
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class TimePoint(click.ParamType):
+    """A moment: a look-back like `2d` (that long ago) or an ISO date/time (UTC)."""
+
+    name = "time"
+
+    def convert(self, value, param, ctx) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_time_point(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def parse_time_point(value: str) -> datetime:
+    """`2d` (that long ago) or an ISO 8601 date/time, as naive UTC; ValueError otherwise."""
+    text = str(value).strip()
+    if _DURATION.match(text):
+        return utcnow() - parse_duration(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a look-back like 2d nor an ISO date/time") \
+            from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment

@@ -3,6 +3,11 @@
 Every setting a deployment may change is read from an environment variable of the same
 name. The defaults run the whole service on one machine with no set-up: a SQLite file
 under `instance/` and a Redis on the standard local port.
+
+Production is the default mode: there the secrets have no defaults, and `check_settings`
+refuses to start without them (see the money-safety block below). The built-in
+development values exist only with `RACINE_ENV=development`, which `make run` and the
+tests set.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import click
 from dotenv import load_dotenv
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -78,6 +84,11 @@ def instance_path() -> str | None:
     return os.environ.get("RACINE_INSTANCE_PATH") or None
 
 
+def sudo_user() -> str | None:
+    """The operator behind `sudo`, who a CLI command's audit row names (sudo sets it)."""
+    return os.environ.get("SUDO_USER") or None
+
+
 def load_settings(instance_path: str) -> dict:
     """Read every setting from the environment, with the embedded defaults."""
     load_dotenv(os.environ.get("RACINE_DOTENV", ".env"), override=False)
@@ -89,7 +100,7 @@ def load_settings(instance_path: str) -> dict:
     )
     redis_url = _env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
     return {
-        "SECRET_KEY": _env_str("SECRET_KEY", "dev-only-change-me"),
+        **money_safety_settings(),
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": redis_url,
         "LOG_LEVEL": _env_str("LOG_LEVEL", "INFO"),
@@ -97,15 +108,7 @@ def load_settings(instance_path: str) -> dict:
         # How often a process adds its buffered counts to Redis (and at exit in any case).
         "METRICS_FLUSH_SECONDS": _env_float("METRICS_FLUSH_SECONDS", 1.0),
         # Intake
-        "STRIPE_WEBHOOK_SECRET": _env_list("STRIPE_WEBHOOK_SECRET", "whsec_racine_dev_secret"),
         "STRIPE_TOLERANCE_SECONDS": _env_int("STRIPE_TOLERANCE_SECONDS", 300),
-        "PAYPAL_WEBHOOK_ID": _env_str("PAYPAL_WEBHOOK_ID", "WH-RACINE-DEV"),
-        "PAYPAL_CERT_URL_HOSTS": _env_list("PAYPAL_CERT_URL_HOSTS", ".paypal.com"),
-        "PAYPAL_CERT_PATH": os.environ.get("PAYPAL_CERT_PATH") or None,
-        # 0 accepts any transmission time: a replayed delivery is caught by de-duplication,
-        # while rejecting late redeliveries could lose an event the provider retried.
-        "PAYPAL_TOLERANCE_SECONDS": _env_int("PAYPAL_TOLERANCE_SECONDS", 0),
-        "PAYPAL_CERT_TIMEOUT_SECONDS": _env_float("PAYPAL_CERT_TIMEOUT_SECONDS", 5.0),
         "WEBHOOK_MAX_BODY_BYTES": _env_int("WEBHOOK_MAX_BODY_BYTES", 256 * 1024),
         # Extra modules whose @handles functions are registered (plug-ins, test handlers).
         "WEBHOOK_HANDLER_MODULES": _env_list("WEBHOOK_HANDLER_MODULES", ""),
@@ -121,15 +124,10 @@ def load_settings(instance_path: str) -> dict:
         "DEFAULT_TIME_LIMIT": _env_int("DEFAULT_TIME_LIMIT", 300),
         "WEBHOOK_SOFT_TIME_LIMIT": _env_int("WEBHOOK_SOFT_TIME_LIMIT", 60),
         "WEBHOOK_TIME_LIMIT": _env_int("WEBHOOK_TIME_LIMIT", 90),
-        # A lease outlives the hard time limit, so a live worker never loses its event.
-        "PROCESSING_LEASE_SECONDS": _env_int("PROCESSING_LEASE_SECONDS", 300),
         # Relay: what the beat task re-enqueues, and how often it looks.
         "RELAY_INTERVAL_SECONDS": _env_float("RELAY_INTERVAL_SECONDS", 10.0),
         "RELAY_MIN_AGE_SECONDS": _env_int("RELAY_MIN_AGE_SECONDS", 30),
         "RELAY_QUEUED_STALE_SECONDS": _env_int("RELAY_QUEUED_STALE_SECONDS", 3600),
-        # A stored event whose publish never happened (the process died right after the
-        # commit) is republished by the relay this long after it arrived.
-        "PUBLISH_GRACE_SECONDS": _env_int("PUBLISH_GRACE_SECONDS", 60),
         # Database connections (PostgreSQL pool per process; SQLite's busy wait).
         "DB_PING_IDLE_SECONDS": _env_float("DB_PING_IDLE_SECONDS", 2.0),
         "DB_POOL_SIZE": _env_int("DB_POOL_SIZE", 5),
@@ -154,7 +152,25 @@ def load_settings(instance_path: str) -> dict:
         "QUEUE_PUBLISH_HEADROOM": _env_int("QUEUE_PUBLISH_HEADROOM", 50),
         "ORDERS_RATE_LIMIT": _env_str("ORDERS_RATE_LIMIT", "100/minute"),
         **_alert_settings(),
+        # Bootstrap only: accepted as an admin until the first active admin user exists.
         "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),
+        # A token's last use is written at most this often (each use would be a write).
+        "TOKEN_LAST_USED_RESOLUTION_SECONDS": _env_int("TOKEN_LAST_USED_RESOLUTION_SECONDS", 60),
+        # Audit trail: partitions kept ready, how often beat checks, where archives go.
+        "AUDIT_PARTITIONS_AHEAD": _env_int("AUDIT_PARTITIONS_AHEAD", 3),
+        "AUDIT_PARTITION_CHECK_SECONDS": _env_float("AUDIT_PARTITION_CHECK_SECONDS", 6 * 3600.0),
+        "AUDIT_ARCHIVE_DIR": _env_str("AUDIT_ARCHIVE_DIR",
+                                      str(Path(instance_path) / "audit-archives")),
+        # Provider refund calls (admin-initiated refunds).
+        "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY") or None,
+        "STRIPE_API_BASE": _env_str("STRIPE_API_BASE", "https://api.stripe.com"),
+        "PAYPAL_API_BASE": _env_str("PAYPAL_API_BASE", "https://api-m.paypal.com"),
+        "PAYPAL_CLIENT_ID": os.environ.get("PAYPAL_CLIENT_ID") or None,
+        "PAYPAL_CLIENT_SECRET": os.environ.get("PAYPAL_CLIENT_SECRET") or None,
+        "REFUND_PROVIDER_TIMEOUT_SECONDS": _env_float("REFUND_PROVIDER_TIMEOUT_SECONDS", 10.0),
+        # A refund left pending this long (the process died, the provider timed out) is
+        # asked of the provider again, with the same key, when its request is repeated.
+        "REFUND_PENDING_RETRY_SECONDS": _env_int("REFUND_PENDING_RETRY_SECONDS", 60),
         "FLOWER_BASIC_AUTH": os.environ.get("FLOWER_BASIC_AUTH") or None,
     }
 
@@ -232,10 +248,148 @@ def engine_options(settings: dict) -> dict:
     """Connection options that suit the database `SQLALCHEMY_DATABASE_URI` names."""
     if settings["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # SQLite serialises writers; a long busy timeout turns lock contention into waiting.
-        return {"connect_args": {"timeout": settings["SQLITE_BUSY_TIMEOUT"]}}
+        return {"connect_args": {"timeout": settings["SQLITE_BUSY_TIMEOUT"]},
+                "hide_parameters": True}
     return {
+        # Statement parameters are payload values and personal data: never in an error.
+        "hide_parameters": True,
         "pool_size": settings["DB_POOL_SIZE"],
         "max_overflow": settings["DB_MAX_OVERFLOW"],
         "pool_timeout": settings["DB_POOL_TIMEOUT"],
-        "connect_args": {"connect_timeout": settings["DB_CONNECT_TIMEOUT"]},
+        "connect_args": {
+            "connect_timeout": settings["DB_CONNECT_TIMEOUT"],
+            # A worker whose host is lost leaves no FIN behind: the server probes its
+            # socket and, after some 25 s of silence, ends the session, releasing the
+            # row locks its open transaction held (the event itself comes back with its
+            # lease). Ignored over a Unix socket.
+            "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5"
+                       " -c tcp_keepalives_count=3",
+        },
     }
+
+
+# ---- Money safety (issue 8) ----------------------------------------------------------
+# Production mode, its secrets, the money rule's settings, PayPal's strict verification
+# and the processing edges (leases, attempts, retention). `check_settings` is called by
+# `create_app`, so the web process, the workers and beat refuse to start alike.
+
+DEVELOPMENT = "development"
+PRODUCTION = "production"
+
+# The built-in values of development mode. Production refuses each of them, even when
+# set explicitly: they are public (in this repository), so anyone could sign with them.
+DEVELOPMENT_VALUES = {
+    "SECRET_KEY": "dev-only-change-me",
+    "STRIPE_WEBHOOK_SECRET": "whsec_racine_dev_secret",
+    "PAYPAL_WEBHOOK_ID": "WH-RACINE-DEV",
+}
+
+# What to tell an operator about each required setting.
+_HOW_TO_SET = {
+    "SECRET_KEY": "a long random string, e.g. the output of "
+                  "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`",
+    "STRIPE_WEBHOOK_SECRET": "the signing secret (whsec_...) of the Stripe webhook endpoint, "
+                             "from the Stripe dashboard; comma-separated during a rotation",
+    "PAYPAL_WEBHOOK_ID": "the id of the PayPal webhook, from the PayPal developer dashboard "
+                         "(or PAYPAL_ENABLED=false when PayPal is not used)",
+}
+
+# PayPal redelivers a failed webhook for about 3 days, with the transmission time of its
+# first try: the tolerance must be wider than that, or a late redelivery is lost.
+PAYPAL_DEFAULT_TOLERANCE_SECONDS = 4 * 24 * 3600
+
+
+class ConfigError(click.ClickException, RuntimeError):
+    """The settings do not allow the service to start; the message says what to set.
+
+    A ClickException, so a `flask ...` command refused by it prints the message and
+    exits with status 4, as the web process and the workers do, instead of a traceback.
+    """
+
+    exit_code = 4
+
+
+def money_safety_settings() -> dict:
+    """The settings of the money-safety block, read from the environment."""
+    mode = _env_str("RACINE_ENV", PRODUCTION).strip().lower()
+    if mode not in (DEVELOPMENT, PRODUCTION):
+        raise ConfigError(f"RACINE_ENV must be {PRODUCTION!r} or {DEVELOPMENT!r}, got {mode!r}")
+    development = mode == DEVELOPMENT
+
+    def secret(name: str) -> str:
+        return _env_str(name, DEVELOPMENT_VALUES[name] if development else "")
+
+    return {
+        "RACINE_ENV": mode,
+        "SECRET_KEY": secret("SECRET_KEY"),
+        "STRIPE_WEBHOOK_SECRET": _env_list(
+            "STRIPE_WEBHOOK_SECRET",
+            DEVELOPMENT_VALUES["STRIPE_WEBHOOK_SECRET"] if development else ""),
+        # A test-mode event never pays a live order: events whose `livemode` differs from
+        # this are refused (recorded as failures and signalled).
+        "STRIPE_LIVEMODE": _env_bool("STRIPE_LIVEMODE", not development),
+        "PAYPAL_ENABLED": _env_bool("PAYPAL_ENABLED", True),
+        "PAYPAL_WEBHOOK_ID": secret("PAYPAL_WEBHOOK_ID"),
+        "PAYPAL_CERT_URL_HOSTS": _env_list("PAYPAL_CERT_URL_HOSTS", ".paypal.com"),
+        # Certificate URLs must lie under this path on an allowed host.
+        "PAYPAL_CERT_URL_PATH": _env_str("PAYPAL_CERT_URL_PATH", "/v1/notifications/certs/"),
+        "PAYPAL_CERT_PATH": os.environ.get("PAYPAL_CERT_PATH") or None,
+        # Roots a fetched certificate must chain to (and that the fetch's TLS trusts);
+        # unset: the system trust store.
+        "PAYPAL_CA_BUNDLE": os.environ.get("PAYPAL_CA_BUNDLE") or None,
+        # The subject common name PayPal's message-verification certificate carries; add
+        # messageverificationcerts.sandbox.paypal.com for a sandbox webhook.
+        "PAYPAL_CERT_SUBJECTS": _env_list("PAYPAL_CERT_SUBJECTS",
+                                          "messageverificationcerts.paypal.com"),
+        "PAYPAL_CERT_TIMEOUT_SECONDS": _env_float("PAYPAL_CERT_TIMEOUT_SECONDS", 5.0),
+        "PAYPAL_CERT_FETCHES_PER_MINUTE": _env_int("PAYPAL_CERT_FETCHES_PER_MINUTE", 10),
+        "PAYPAL_CERT_FAILURE_TTL_SECONDS": _env_int("PAYPAL_CERT_FAILURE_TTL_SECONDS", 30),
+        "PAYPAL_TOLERANCE_SECONDS": _env_int("PAYPAL_TOLERANCE_SECONDS",
+                                             PAYPAL_DEFAULT_TOLERANCE_SECONDS),
+        # Bodies nested deeper than this are refused (400) before anything walks them.
+        "WEBHOOK_MAX_JSON_DEPTH": _env_int("WEBHOOK_MAX_JSON_DEPTH", 32),
+        # Empty: /metrics is closed in production and open in development.
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
+        # Leases: short, and renewed while the task runs, so a worker killed outright
+        # delays its events by at most lease + relay interval (40 s by default).
+        "PROCESSING_LEASE_SECONDS": _env_int("PROCESSING_LEASE_SECONDS", 30),
+        "LEASE_RENEW_SECONDS": _env_float("LEASE_RENEW_SECONDS", 10.0),
+        # A stored event whose publish never happened (the process died right after the
+        # commit, or the worker that prefetched it was killed) is republished by the
+        # relay this long after it was queued.
+        "PUBLISH_GRACE_SECONDS": _env_int("PUBLISH_GRACE_SECONDS", 30),
+        # Every attempt counts, lease expiries after hard kills included.
+        "WEBHOOK_MAX_ATTEMPTS": _env_int("WEBHOOK_MAX_ATTEMPTS", 10),
+        # An event whose order is not there yet (its commit may be in flight) is tried
+        # again this many times before it becomes a failure row.
+        "ORDER_WAIT_RETRIES": _env_int("ORDER_WAIT_RETRIES", 4),
+        # Payloads of processed events older than this lose their personal data (daily).
+        "PAYLOAD_RETENTION_DAYS": _env_int("PAYLOAD_RETENTION_DAYS", 90),
+    }
+
+
+def check_settings(config) -> None:
+    """Refuse to start in production mode without real secrets; one message for all."""
+    if config.get("RACINE_ENV") == DEVELOPMENT:
+        return
+    required = ["STRIPE_WEBHOOK_SECRET", "SECRET_KEY"]
+    if config.get("PAYPAL_ENABLED", True):
+        required.append("PAYPAL_WEBHOOK_ID")
+    problems = []
+    for name in required:
+        value = config.get(name)
+        values = [v for v in value if v.strip()] if isinstance(value, list | tuple) \
+            else ([value] if isinstance(value, str) and value.strip() else [])
+        if not values:
+            problems.append(f"  - {name} is not set (an empty value counts as unset): "
+                            f"{_HOW_TO_SET[name]}")
+        elif DEVELOPMENT_VALUES[name] in values:
+            problems.append(f"  - {name} holds the built-in development value, which is "
+                            f"public: set {_HOW_TO_SET[name]}")
+    if problems:
+        raise ConfigError(
+            "Racine refuses to start in production mode (RACINE_ENV is not 'development'):\n"
+            + "\n".join(problems)
+            + "\nSet them in the environment (or in .env). For a local run with the built-in "
+              "development values, use `make run` or set RACINE_ENV=development."
+        )

@@ -16,8 +16,26 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+# Predicates naming tables a domain manages outside the models (the audit trail's
+# monthly partitions): Alembic's autogenerate leaves them alone. Domains add theirs in
+# their init_app through `leave_tables_to_domain`.
+_UNMANAGED_TABLES: list = []
+
+
+def leave_tables_to_domain(predicate) -> None:
+    """Tell Alembic to ignore the tables `predicate(name)` accepts."""
+    if predicate not in _UNMANAGED_TABLES:
+        _UNMANAGED_TABLES.append(predicate)
+
+
+def include_name(name, type_, _parent_names) -> bool:
+    """Alembic's filter: every table but those a domain manages itself."""
+    return not (type_ == "table" and name and any(p(name) for p in _UNMANAGED_TABLES))
+
+
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
-migrate = Migrate(render_as_batch=True, compare_type=True)
+migrate = Migrate(render_as_batch=True, compare_type=True, include_name=include_name)
 
 
 def configure_sqlite(engine: Engine) -> None:

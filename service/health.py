@@ -24,12 +24,30 @@ def readyz():
 
 def _check_database() -> str:
     try:
-        db.session.execute(text("SELECT 1"))
-        db.session.rollback()
+        if db.engine.dialect.name == "sqlite":
+            _ping_sqlite()
+        else:
+            db.session.execute(text("SELECT 1"))
+            db.session.rollback()
         return "ok"
     except Exception as exc:
         db.session.rollback()
         return f"error: {type(exc).__name__}"
+
+
+def _ping_sqlite() -> None:
+    """A read on the driver connection, outside any transaction.
+
+    Every SQLAlchemy transaction on the embedded SQLite begins IMMEDIATE (it takes the
+    write lock up front, see `configure_sqlite`): a probe through it would queue behind
+    every writer, and make them queue behind it. The driver connection runs in
+    autocommit mode, so this SELECT takes only a read lock, which WAL never blocks.
+    """
+    raw = db.engine.raw_connection()
+    try:
+        raw.driver_connection.execute("SELECT 1").fetchone()
+    finally:
+        raw.close()
 
 
 def _check_redis() -> str:

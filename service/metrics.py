@@ -13,16 +13,20 @@ A domain registers its metrics in its `init_app` with `register(app, ...)`; two 
   scrape instead of failing it.
 
 prometheus_client writes the exposition format (names, types, label escaping).
+
+`/metrics` answers only a bearer of `METRICS_TOKEN`; without one it is closed in
+production and open in development.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Iterable
 
 import redis
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -149,6 +153,28 @@ def registry(app: Flask) -> CollectorRegistry:
 def flush(client: redis.Redis) -> None:
     """Add this process's counts to Redis now (before a scrape reads them)."""
     _counts.flush(client)
+
+
+@bp.before_request
+def _require_token():
+    """`/metrics` answers only a bearer of METRICS_TOKEN (counts and queue figures tell an
+    outsider how busy the shop is). Without a token it is closed, except in development."""
+    token = current_app.config.get("METRICS_TOKEN")
+    if not token:
+        if current_app.config.get("RACINE_ENV") == "development":
+            return None
+        response = jsonify(error="metrics_disabled",
+                           reason="set METRICS_TOKEN to open /metrics to a bearer of it")
+        response.status_code = 403
+        return response
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), token.encode("utf-8")):
+        return None
+    response = jsonify(error="unauthorized", reason="a valid bearer token is required")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
 
 
 @bp.get("/metrics")

@@ -1,5 +1,5 @@
 """Celery entry point: `celery -A service.worker worker`."""
 
-from service import create_app
+from service import create_app_or_exit
 
-celery = create_app().extensions["celery"]
+celery = create_app_or_exit().extensions["celery"]

@@ -1,7 +1,7 @@
 """incidents, alert conditions, notifications and deliveries
 
 Revision ID: 0005_incidents
-Revises: 0002
+Revises: 0004b_refund_requests
 Create Date: 2026-11-29 16:43:05.312015
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0005_incidents'
-down_revision = '0002'
+down_revision = '0004b_refund_requests'
 branch_labels = None
 depends_on = None
 

@@ -14,7 +14,6 @@ def init_app(app: Flask) -> None:
     from service.alerts.metrics import IncidentCollector
     from service.alerts.rules import builtin_rules, register_rule
     from service.alerts.services import raise_slow_job_signal
-    from service.alerts.views import bp
     from service.queues.slowjobs import on_slow_job
 
     cfg = app.config
@@ -23,7 +22,6 @@ def init_app(app: Flask) -> None:
     app.extensions["alert_contacts"] = ContactBook.from_config(cfg)
     for rule in builtin_rules():
         register_rule(app, rule)
-    app.register_blueprint(bp)
     app.cli.add_command(alerts_cli)
     app.cli.add_command(incidents_cli)
     register_metrics(app, IncidentCollector(app=app))

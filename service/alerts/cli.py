@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 
 import click
@@ -12,20 +11,13 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from service.alerts import incidents as evaluation
-from service.alerts.exceptions import AlertsError, InvalidTransition
-from service.alerts.models import (
-    SEVERITIES,
-    AlertDelivery,
-    AlertDeliveryAttempt,
-    AlertNotification,
-    AlertSignal,
-    Incident,
-    IncidentStatus,
-)
+from service.alerts.exceptions import AlertsError, IncidentNotFound, InvalidTransition
+from service.alerts.models import SEVERITIES, AlertDelivery, IncidentStatus
 from service.alerts.notify import deliver, notify_test
 from service.alerts.report import incident_report
 from service.alerts.rules import registered_rules
-from service.alerts.services import acknowledge, list_incidents, resolve
+from service.alerts.services import acknowledge, incident_detail, list_incidents, resolve
+from service.audit.services import Actor
 from service.cli_utils import Duration, echo_json, echo_table
 from service.clock import utcnow
 from service.extensions import db
@@ -37,13 +29,6 @@ incidents_cli = AppGroup("incidents", help="Incidents: list, show, acknowledge, 
 def _fail(message: str, code: int = 1):
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
-
-
-def _cli_actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
 
 
 @alerts_cli.command("evaluate")
@@ -138,39 +123,15 @@ def list_command(status, severity, since, limit, as_json):
                           "escalation_level", "title"])
 
 
-def incident_detail(incident: Incident) -> dict:
-    """An incident with its notices, their deliveries and attempts, and its signals."""
-    data = incident.to_dict()
-    notifications = db.session.scalars(
-        select(AlertNotification).where(AlertNotification.incident_id == incident.id)
-        .order_by(AlertNotification.id)).all()
-    data["notifications"] = []
-    for note in notifications:
-        entry = note.to_dict()
-        entry["deliveries"] = []
-        for delivery in db.session.scalars(select(AlertDelivery).where(
-                AlertDelivery.notification_id == note.id).order_by(AlertDelivery.id)):
-            item = delivery.to_dict()
-            item["attempts_log"] = [a.to_dict() for a in db.session.scalars(
-                select(AlertDeliveryAttempt).where(AlertDeliveryAttempt.delivery_id == delivery.id)
-                .order_by(AlertDeliveryAttempt.id))]
-            entry["deliveries"].append(item)
-        data["notifications"].append(entry)
-    data["signals"] = [s.to_dict() for s in db.session.scalars(
-        select(AlertSignal).where(AlertSignal.incident_id == incident.id)
-        .order_by(AlertSignal.id.desc()).limit(20))]
-    return data
-
-
 @incidents_cli.command("show")
 @click.argument("incident_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show_command(incident_id, as_json):
     """One incident: figures, runbook, who acknowledged/resolved it, every notice sent."""
-    incident = db.session.get(Incident, incident_id)
-    if incident is None:
-        _fail(f"no incident with id {incident_id}")
-    data = incident_detail(incident)
+    try:
+        data = incident_detail(incident_id)
+    except IncidentNotFound as exc:
+        _fail(str(exc))
     if as_json:
         echo_json(data)
         return
@@ -200,7 +161,7 @@ def show_command(incident_id, as_json):
 
 def _transition(action, incident_id: int, reason: str | None, as_json: bool, verb: str):
     try:
-        incident, changed = action(incident_id, actor=_cli_actor(), reason=reason)
+        incident, changed = action(incident_id, actor=Actor.cli(), reason=reason)
         db.session.commit()
     except InvalidTransition as exc:
         db.session.rollback()
@@ -220,7 +181,8 @@ def _transition(action, incident_id: int, reason: str | None, as_json: bool, ver
 @click.option("--reason", help="What you are doing about it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ack_command(incident_id, reason, as_json):
-    """Acknowledge an incident: stops its repeats and escalation.
+    """Acknowledge an incident: stops its repeats and escalation. Audited
+    (`incident.acknowledge`, the operating-system user as actor).
 
     Exit 0 done (or already acknowledged), 1 no such incident, 3 already resolved.
     """
@@ -232,7 +194,8 @@ def ack_command(incident_id, reason, as_json):
 @click.option("--reason", required=True, help="What fixed it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def resolve_command(incident_id, reason, as_json):
-    """Resolve an incident by hand and send its resolved notice.
+    """Resolve an incident by hand and send its resolved notice. Audited
+    (`incident.resolve`, the operating-system user as actor).
 
     If its condition still holds, the next evaluation opens a new incident. Exit 0 done
     (or already resolved), 1 no such incident.

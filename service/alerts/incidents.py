@@ -33,13 +33,12 @@ from sqlalchemy import delete, func, select, text
 from service.alerts.models import AlertCondition, AlertSignal, Incident, IncidentStatus
 from service.alerts.notify import notify_incident, requeue_stalled
 from service.alerts.rules import Finding, RuleContext, key_for, registered_rules
-from service.alerts.services import resolve
+from service.alerts.services import EVALUATION_ACTOR, resolve
 from service.clock import utcnow
 from service.extensions import db
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ACTOR = "system:alerts"
 # pg_advisory_xact_lock key: "racine alerts evaluate".
 _LOCK_KEY = 0x7261_6369_6E65_0011
 
@@ -73,8 +72,18 @@ class EvaluationReport:
 
 
 def _serialise() -> None:
+    """One evaluation at a time, holding every active incident before anything else.
+
+    A responder's ack or resolve locks its incident's row, then the audit chain (when it
+    writes its audit row). The evaluation takes the audit chain too when it resolves an
+    incident, so it takes every row it may touch first, in id order: the locks are then
+    always taken row first, chain second, and the two never wait on each other in a cycle.
+    Incidents the evaluation opens are its own until it commits.
+    """
     if db.session.get_bind().dialect.name == "postgresql":
         db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    db.session.execute(select(Incident.id).where(Incident.status.in_(IncidentStatus.ACTIVE))
+                       .order_by(Incident.id).with_for_update())
 
 
 def _resolutions():
@@ -196,7 +205,7 @@ def _apply(rule, findings: list[Finding], *, now: datetime, config, report: Eval
             incident.cleared_at = condition.clear_since
         clear_for = (now - condition.clear_since).total_seconds()
         if clear_for >= config["ALERT_CLEAR_SECONDS"].get(incident.severity, 0):
-            resolve(incident.id, actor=SYSTEM_ACTOR,
+            resolve(incident.id, actor=EVALUATION_ACTOR,
                     reason=f"condition clear since {condition.clear_since.isoformat()}Z", now=now)
             report.resolved.append(incident.id)
 

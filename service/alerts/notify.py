@@ -104,7 +104,8 @@ def compose(incident: Incident, *, kind: str, level: int, config, now: datetime,
     if kind != "resolved":
         api = f"{config['ALERT_ADMIN_URL'] or ''}/api/admin/incidents/{incident.id}/ack"
         lines += [f'Acknowledge: flask incidents ack {incident.id} --reason "..."',
-                  f"  or POST {api} (operator token)"]
+                  f"  or POST {api} with an operator's token and the JSON body "
+                  '{"reason": "..."}']
     if mentions:
         lines.append("cc " + " ".join(mentions))
     figures = ", ".join(f"{k}={_figure(v)}" for k, v in sorted(incident.figures.items())

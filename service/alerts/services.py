@@ -9,7 +9,9 @@
   policy where to read their figures, from its `init_app`; this package imports none of
   its models.
 - `acknowledge` and `resolve`: the one place each responder action happens, whether it
-  comes from the CLI, the admin API or the evaluation itself.
+  comes from the CLI, the admin API or the evaluation itself; each writes its audit row
+  (`incident.acknowledge`, `incident.resolve`) in the caller's transaction.
+- `list_incidents` and `incident_detail`: what the CLI and the admin API show.
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from flask import Flask
 from sqlalchemy import select
 
 from service.alerts.exceptions import IncidentNotFound, InvalidTransition
-from service.alerts.models import SEVERITIES, AlertSignal, Incident, IncidentStatus
+from service.alerts.models import (
+    SEVERITIES,
+    AlertDelivery,
+    AlertDeliveryAttempt,
+    AlertNotification,
+    AlertSignal,
+    Incident,
+    IncidentStatus,
+)
+from service.audit.registry import critical, not_critical, register_action
+from service.audit.services import Actor, record
 from service.clock import utcnow
 from service.extensions import db
 
@@ -37,7 +49,23 @@ MAX_REASON = 500
 MAX_ACTOR = 128
 _PAYMENT_EVENTS = "racine.alert_payment_events"
 
+# The responders' actions are critical: each leaves an audit row with the incident's state
+# before and after. The evaluation resolves too (its condition cleared): that resolution
+# goes through the same function and is audited with the system actor `system:alerts`.
+register_action(
+    "incident.acknowledge", entity_type="incident",
+    description="An incident acknowledged by a responder (stops its repeats and escalation)",
+    entry_points=("POST /api/admin/incidents/<id>/ack", "flask incidents ack"))
+register_action(
+    "incident.resolve", entity_type="incident",
+    description="An incident resolved: by a responder, or by the evaluation once its "
+                "condition stayed clear",
+    entry_points=("POST /api/admin/incidents/<id>/resolve", "flask incidents resolve",
+                  "alerts evaluation (condition clear)"))
+EVALUATION_ACTOR = Actor.system("alerts")
 
+
+@not_critical("a symptom for the escalation policy; the signal row is its record")
 def raise_signal(*, severity: str, kind: str, source: str, details: dict | None = None) -> AlertSignal:
     """Add a signal to the current transaction; the caller commits."""
     if severity not in SEVERITIES:
@@ -48,12 +76,14 @@ def raise_signal(*, severity: str, kind: str, source: str, details: dict | None 
     return signal
 
 
+@not_critical("a symptom for the escalation policy; the signal row is its record")
 def raise_slow_job_signal(*, task_name: str, details: dict) -> None:
     """A slow job the queues domain recorded, as a P3 signal (listed for review, never
     sent); registered with `service.queues.slowjobs.on_slow_job`."""
     raise_signal(severity="P3", kind="slow_job", source=task_name, details=details)
 
 
+@not_critical("a counter in Redis; changes nothing an auditor asks about")
 def note_intake_unavailable(client: redis.Redis, *, gap_seconds: int) -> None:
     """Count a 503 from the intake: the first and last time of the current run of them.
 
@@ -79,6 +109,7 @@ class Unavailability:
     count: int
 
 
+@not_critical("reads only")
 def intake_unavailability(client: redis.Redis) -> Unavailability | None:
     """The current run of intake 503s, or None; raises redis.RedisError."""
     raw = client.hgetall(INTAKE_503_KEY)
@@ -141,12 +172,14 @@ class PaymentEvents(Protocol):
         """Events received in (`since`, `until`], by how they ended."""
 
 
+@not_critical("wiring at start-up")
 def register_payment_events(app: Flask, provider: PaymentEvents) -> None:
     """Tell the escalation policy where payment event figures come from (called from the
     init_app of the domain that stores the events)."""
     app.extensions[_PAYMENT_EVENTS] = provider
 
 
+@not_critical("reads only")
 def payment_events(app: Flask) -> PaymentEvents:
     provider = app.extensions.get(_PAYMENT_EVENTS)
     if provider is None:
@@ -155,6 +188,7 @@ def payment_events(app: Flask) -> PaymentEvents:
     return provider
 
 
+@not_critical("reads only")
 def list_incidents(*, status: str = "active", severity: str | None = None,
                    since: datetime | None = None, before: int | None = None,
                    limit: int = 50) -> list[Incident]:
@@ -182,58 +216,101 @@ def _incident_for_update(incident_id: int) -> Incident:
     return incident
 
 
-def _clean(actor: str, reason: str | None) -> tuple[str, str | None]:
-    actor = (actor or "").strip()
-    if not actor:
-        raise ValueError("an actor is required")
+@not_critical("reads only")
+def incident_detail(incident_id: int) -> dict:
+    """An incident with its notices, their deliveries and attempts, and its latest
+    signals; raises IncidentNotFound."""
+    incident = db.session.get(Incident, incident_id)
+    if incident is None:
+        raise IncidentNotFound(f"no incident with id {incident_id}")
+    data = incident.to_dict()
+    notifications = db.session.scalars(
+        select(AlertNotification).where(AlertNotification.incident_id == incident.id)
+        .order_by(AlertNotification.id)).all()
+    data["notifications"] = []
+    for note in notifications:
+        entry = note.to_dict()
+        entry["deliveries"] = []
+        for delivery in db.session.scalars(select(AlertDelivery).where(
+                AlertDelivery.notification_id == note.id).order_by(AlertDelivery.id)):
+            item = delivery.to_dict()
+            item["attempts_log"] = [a.to_dict() for a in db.session.scalars(
+                select(AlertDeliveryAttempt).where(AlertDeliveryAttempt.delivery_id == delivery.id)
+                .order_by(AlertDeliveryAttempt.id))]
+            entry["deliveries"].append(item)
+        data["notifications"].append(entry)
+    data["signals"] = [s.to_dict() for s in db.session.scalars(
+        select(AlertSignal).where(AlertSignal.incident_id == incident.id)
+        .order_by(AlertSignal.id.desc()).limit(20))]
+    return data
+
+
+def _clean_reason(reason: str | None) -> str | None:
     reason = (reason or "").strip() or None
-    return actor[:MAX_ACTOR], None if reason is None else reason[:MAX_REASON]
+    return None if reason is None else reason[:MAX_REASON]
 
 
-def acknowledge(incident_id: int, *, actor: str, reason: str | None = None,
+def _audited_state(incident: Incident) -> dict:
+    """What the audit row keeps of an incident, before and after a responder's action."""
+    data = incident.to_dict()
+    return {key: data[key] for key in (
+        "key", "severity", "status", "escalation_level", "acknowledged_at", "acknowledged_by",
+        "acknowledge_reason", "resolved_at", "resolved_by", "resolve_reason")}
+
+
+@critical("incident.acknowledge")
+def acknowledge(incident_id: int, *, actor: Actor, reason: str | None = None,
                 now: datetime | None = None) -> tuple[Incident, bool]:
-    """Acknowledge an incident: stops its repeats and escalation. The caller commits.
+    """Acknowledge an incident: stops its repeats and escalation, and writes its
+    `incident.acknowledge` audit row. The caller commits.
 
-    Returns the incident and whether it changed (acknowledging twice changes nothing);
-    raises InvalidTransition for a resolved incident.
+    Returns the incident and whether it changed (acknowledging twice changes nothing and
+    records nothing); raises IncidentNotFound, or InvalidTransition for a resolved incident.
     """
-    actor, reason = _clean(actor, reason)
+    reason = _clean_reason(reason)
     incident = _incident_for_update(incident_id)
     if incident.status == IncidentStatus.RESOLVED:
         raise InvalidTransition(f"incident {incident_id} is already resolved")
     if incident.status == IncidentStatus.ACKNOWLEDGED:
         return incident, False
-    # The audit service records this change here, in the same transaction, once it exists.
+    before = _audited_state(incident)
     incident.status = IncidentStatus.ACKNOWLEDGED
     incident.acknowledged_at = now or utcnow()
-    incident.acknowledged_by = actor
+    incident.acknowledged_by = actor.label[:MAX_ACTOR]
     incident.acknowledge_reason = reason
-    log.info("incident acknowledged", extra={"incident_id": incident.id, "actor": actor,
+    record(action="incident.acknowledge", entity_type="incident", entity_id=incident.id,
+           actor=actor, before=before, after=_audited_state(incident), reason=reason)
+    log.info("incident acknowledged", extra={"incident_id": incident.id, "actor": actor.label,
                                              "severity": incident.severity})
     return incident, True
 
 
-def resolve(incident_id: int, *, actor: str, reason: str | None = None,
+@critical("incident.resolve")
+def resolve(incident_id: int, *, actor: Actor, reason: str | None = None,
             now: datetime | None = None, notify: bool = True) -> tuple[Incident, bool]:
-    """Resolve an incident (by hand, or by the evaluation when its condition cleared) and
-    queue its resolved notice. The caller commits.
+    """Resolve an incident (by a responder, or by the evaluation with EVALUATION_ACTOR
+    when its condition cleared), queue its resolved notice and write its
+    `incident.resolve` audit row. The caller commits.
 
-    Returns the incident and whether it changed (resolving twice changes nothing).
+    Returns the incident and whether it changed (resolving twice changes nothing and
+    records nothing); raises IncidentNotFound.
     """
     from service.alerts.notify import notify_incident
 
-    actor, reason = _clean(actor, reason)
+    reason = _clean_reason(reason)
     incident = _incident_for_update(incident_id)
     if incident.status == IncidentStatus.RESOLVED:
         return incident, False
-    # The audit service records this change here, in the same transaction, once it exists.
+    before = _audited_state(incident)
     now = now or utcnow()
     incident.status = IncidentStatus.RESOLVED
     incident.resolved_at = now
-    incident.resolved_by = actor
+    incident.resolved_by = actor.label[:MAX_ACTOR]
     incident.resolve_reason = reason
     if notify:
         notify_incident(incident, kind="resolved", now=now)
-    log.info("incident resolved", extra={"incident_id": incident.id, "actor": actor,
+    record(action="incident.resolve", entity_type="incident", entity_id=incident.id,
+           actor=actor, before=before, after=_audited_state(incident), reason=reason)
+    log.info("incident resolved", extra={"incident_id": incident.id, "actor": actor.label,
                                          "severity": incident.severity})
     return incident, True

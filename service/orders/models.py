@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from service.clock import utcnow
-from service.db_types import BigId
+from service.clock import iso, utcnow
+from service.db_types import BigId, Money
 from service.extensions import db
 
 
@@ -50,6 +50,33 @@ class Product(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class StockAdjustment(db.Model):
+    """One change of a product's stock, with the stock before and after it.
+
+    `idempotency_key`, when the caller gives one (the ERP sync, a retried API call),
+    makes a repeat of the same adjustment return the first instead of applying twice.
+    """
+
+    __tablename__ = "stock_adjustments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    delta: Mapped[int]
+    stock_before: Mapped[int]
+    stock_after: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(255))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "product_id": self.product_id, "delta": self.delta,
+                "stock_before": self.stock_before, "stock_after": self.stock_after,
+                "reason": self.reason, "actor": self.actor,
+                "idempotency_key": self.idempotency_key,
+                "created_at": iso(self.created_at)}
+
+
 class Order(db.Model):
     __tablename__ = "orders"
 
@@ -57,9 +84,15 @@ class Order(db.Model):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     status: Mapped[str] = mapped_column(String(24), default="pending", index=True)
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
-    total_cents: Mapped[int] = mapped_column(default=0)
+    # Minor units of `currency` (ISO 4217: cents, yen, fils).
+    total_cents: Mapped[int] = mapped_column(Money, default=0)
+    # Running sums of the counted payments and succeeded refunds, kept under the order's
+    # lock by orders.services: the lock's own read returns them current.
+    paid_cents: Mapped[int] = mapped_column(Money, default=0, server_default="0")
+    refunded_cents: Mapped[int] = mapped_column(Money, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When counted payments first covered the total (fulfilment is requested then, once).
     paid_at: Mapped[datetime | None]
 
     items: Mapped[list[OrderItem]] = relationship(back_populates="order")
@@ -73,6 +106,8 @@ class Order(db.Model):
             "status": self.status,
             "currency": self.currency,
             "total_cents": self.total_cents,
+            "paid_cents": self.paid_cents,
+            "refunded_cents": self.refunded_cents,
         }
 
 
@@ -98,8 +133,10 @@ class Payment(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_payment_id: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(16))  # succeeded | failed | disputed
-    amount_cents: Mapped[int]
+    # money.PaymentStatus: succeeded | underpaid | currency_mismatch | failed | disputed
+    status: Mapped[str] = mapped_column(String(24))
+    # What the provider says was received, in minor units of `currency`.
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -117,12 +154,47 @@ class Refund(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_refund_id: Mapped[str] = mapped_column(String(255))
-    provider_payment_id: Mapped[str | None] = mapped_column(String(255))
-    amount_cents: Mapped[int]
+    provider_payment_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    amount_cents: Mapped[int] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
+    # money.RefundStatus: only `succeeded` counts toward the order's refunded sum.
+    status: Mapped[str] = mapped_column(String(24), default="succeeded",
+                                        server_default="succeeded")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
     order: Mapped[Order] = relationship(back_populates="refunds")
+
+
+class RefundRequest(db.Model):
+    """A refund asked by an operator: reserved (pending) before the provider is called,
+    then succeeded (with the provider's refund id) or failed. One per idempotency key."""
+
+    __tablename__ = "refund_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    amount_cents: Mapped[int] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(500))
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_payment_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending|succeeded|failed
+    provider_refund_id: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "order_id": self.order_id, "status": self.status,
+                "amount_cents": self.amount_cents, "currency": self.currency,
+                "reason": self.reason, "provider": self.provider,
+                "provider_payment_id": self.provider_payment_id,
+                "provider_refund_id": self.provider_refund_id, "error": self.error,
+                "actor": self.actor, "created_at": iso(self.created_at)}
 
 
 class OrderStatusChange(db.Model):
@@ -152,7 +224,12 @@ class Fulfilment(db.Model):
 
 
 class Notification(db.Model):
-    """An outbound message about an order: once per (order, kind)."""
+    """An outbound message about an order: once per (order, kind).
+
+    `sending` while a job holds it (until `claimed_until`), then `sent`, or `failed` with
+    the error class for the next try. The send itself happens between two short
+    transactions, never inside one.
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (UniqueConstraint("order_id", "kind"),)
@@ -161,4 +238,9 @@ class Notification(db.Model):
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
     kind: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="sending", server_default="sent")
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    claimed_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,6 +2,7 @@
 
 import importlib
 
+from celery.schedules import crontab
 from flask import Flask
 
 from service.celery_app import register
@@ -13,28 +14,42 @@ def init_app(app: Flask) -> None:
     from service.queues.health import register_backlog
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
-    from service.webhooks.dedup import DedupCache, RedisTransmissionLog
+    from service.webhooks.dedup import DedupCache
+    from service.webhooks.leases import LeaseKeeper
     from service.webhooks.metrics import ALL as METRICS
     from service.webhooks.paypal import PayPalVerifier
     from service.webhooks.services import WebhookBacklog, WebhookPaymentEvents
+    from service.webhooks.transmissions import DatabaseTransmissionLog
     from service.webhooks.verifiers import StripeVerifier
     from service.webhooks.views import bp
 
     cfg = app.config
     for module in cfg["WEBHOOK_HANDLER_MODULES"]:
         importlib.import_module(module)
-    app.extensions["webhook_verifiers"] = {
+    verifiers = {
         "stripe": StripeVerifier(secrets=cfg["STRIPE_WEBHOOK_SECRET"],
-                                 tolerance=cfg["STRIPE_TOLERANCE_SECONDS"]),
-        "paypal": PayPalVerifier(
+                                 tolerance=cfg["STRIPE_TOLERANCE_SECONDS"],
+                                 max_depth=cfg["WEBHOOK_MAX_JSON_DEPTH"]),
+    }
+    if cfg["PAYPAL_ENABLED"]:
+        verifiers["paypal"] = PayPalVerifier(
             webhook_id=cfg["PAYPAL_WEBHOOK_ID"],
             allowed_hosts=cfg["PAYPAL_CERT_URL_HOSTS"],
             cert_path=cfg["PAYPAL_CERT_PATH"],
+            cert_url_path=cfg["PAYPAL_CERT_URL_PATH"],
+            subjects=cfg["PAYPAL_CERT_SUBJECTS"],
+            ca_bundle=cfg["PAYPAL_CA_BUNDLE"],
             fetch_timeout=cfg["PAYPAL_CERT_TIMEOUT_SECONDS"],
+            fetches_per_minute=cfg["PAYPAL_CERT_FETCHES_PER_MINUTE"],
+            failure_ttl=cfg["PAYPAL_CERT_FAILURE_TTL_SECONDS"],
             tolerance=cfg["PAYPAL_TOLERANCE_SECONDS"],
-            transmissions=RedisTransmissionLog(client=app.extensions["redis"]),
-        ),
-    }
+            max_depth=cfg["WEBHOOK_MAX_JSON_DEPTH"],
+            transmissions=DatabaseTransmissionLog(),
+        )
+    app.extensions["webhook_verifiers"] = verifiers
+    app.extensions["lease_keeper"] = LeaseKeeper(
+        app=app, lease_seconds=cfg["PROCESSING_LEASE_SECONDS"],
+        renew_every=cfg["LEASE_RENEW_SECONDS"])
     app.extensions["webhook_dedup"] = DedupCache(
         client=app.extensions["redis"], ttl_seconds=cfg["DEDUP_TTL_SECONDS"]
     )
@@ -54,9 +69,17 @@ def init_app(app: Flask) -> None:
             "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
             "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
         }},
-        beat={"webhooks-relay": {
-            "task": "webhooks.relay_pending",
-            "schedule": cfg["RELAY_INTERVAL_SECONDS"],
-            "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
-        }},
+        beat={
+            "webhooks-relay": {
+                "task": "webhooks.relay_pending",
+                "schedule": cfg["RELAY_INTERVAL_SECONDS"],
+                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
+            },
+            # Daily, at a quiet hour (UTC).
+            "webhooks-purge-payloads": {
+                "task": "webhooks.purge_payloads",
+                "schedule": crontab(hour=3, minute=17),
+                "options": {"expires": 3600},
+            },
+        },
     )

@@ -12,10 +12,12 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import func, select
 
+from service.audit.actor import Actor
 from service.cli_utils import Duration, echo_json, echo_table
 from service.extensions import db
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 from service.webhooks.replay import Selection, retry_failures, select_failures
+from service.webhooks.retention import count_purgeable, purge_payloads, retention_cutoff
 
 cli = AppGroup("webhooks", help="Inspect stored webhook events and replay failures.")
 
@@ -82,9 +84,10 @@ def show_event(event_pk, as_json):
 @click.option("--id", "failure_id", type=int, help="One failure, by its id in webhook_failures.")
 @click.option("--provider", type=click.Choice(["stripe", "paypal"]))
 @click.option("--dry-run", is_flag=True, help="Show what would be retried; change nothing.")
-@click.option("--actor", default="cli", show_default=True, help="Who asks, for the audit trail.")
+@click.option("--reason", help="Why, for the audit trail (one row per retried event, with "
+              "the operating-system user as actor).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
-def retry(since, failure_id, provider, dry_run, actor, as_json):
+def retry(since, failure_id, provider, dry_run, reason, as_json):
     """Re-enqueue unresolved failures. Exit 0 when all were enqueued, 1 otherwise."""
     if since is None and failure_id is None and provider is None:
         raise click.UsageError("say which failures: --since, --id or --provider")
@@ -103,7 +106,7 @@ def retry(since, failure_id, provider, dry_run, actor, as_json):
     counts = {"enqueued": 0, "left_for_relay": 0, "skipped": 0}
     with click.progressbar(length=len(failures), label="retrying", file=sys.stderr,
                            show_pos=True) as bar:
-        for outcome in retry_failures(failures, actor=actor):
+        for outcome in retry_failures(failures, actor=Actor.cli(), reason=reason):
             counts[outcome.result] += 1
             bar.update(1)
     summary = {"selected": len(failures), **counts}
@@ -114,6 +117,34 @@ def retry(since, failure_id, provider, dry_run, actor, as_json):
                    f"{counts['left_for_relay']} left for the relay (broker down), "
                    f"{counts['skipped']} skipped (already processed)")
     sys.exit(0 if counts["left_for_relay"] == 0 else 1)
+
+
+@cli.command("purge")
+@click.option("--older-than", "cutoff", type=Duration(),
+              help="Events processed longer ago than this (90d); default PAYLOAD_RETENTION_DAYS.")
+@click.option("--dry-run", is_flag=True, help="Count what would be redacted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def purge(cutoff, dry_run, as_json):
+    """Remove personal data from the payloads of processed events.
+
+    Ids, amounts, currencies, types and states stay; names, addresses, e-mail and card
+    details go, from the event and from its resolved failure row. Failed and waiting
+    events keep their payload for replay. Safe to run again; beat runs it daily.
+    """
+    cutoff = cutoff or retention_cutoff(current_app.config["PAYLOAD_RETENTION_DAYS"])
+    total = 0 if dry_run else count_purgeable(cutoff)
+    with click.progressbar(length=total, label="redacting", file=sys.stderr,
+                           show_pos=True) as bar:
+        report = purge_payloads(cutoff, dry_run=dry_run, progress=bar.update)
+    if as_json:
+        echo_json(report.as_dict())
+    elif dry_run:
+        click.echo(f"dry run: {report.selected} processed event(s) before {report.cutoff} "
+                   "would be redacted")
+    else:
+        click.echo(f"{report.redacted} event payload(s) redacted (and "
+                   f"{report.failures_redacted} failure row(s)), processed before "
+                   f"{report.cutoff}")
 
 
 @cli.command("stats")
@@ -145,20 +176,23 @@ def send_test(url, order_id, event_type):
     import requests
     import stripe
 
+    from service.orders.money import to_stripe
     from service.orders.services import order_to_pay
 
     order_ref = order_to_pay(order_id)
     if order_ref is None:
         raise click.ClickException("no such order; run `flask demo seed` first or pass --order")
     intent_id = f"pi_test_{uuid.uuid4().hex[:16]}"
+    amount = to_stripe(order_ref["total_cents"], order_ref["currency"])
     body = json.dumps({
         "id": f"evt_test_{uuid.uuid4().hex[:16]}",
         "object": "event",
         "type": event_type,
         "created": int(time.time()),
+        # The mode this service expects, or the event would be refused as from the other.
+        "livemode": bool(current_app.config["STRIPE_LIVEMODE"]),
         "data": {"object": {"id": intent_id, "object": "payment_intent",
-                            "amount": order_ref["total_cents"],
-                            "amount_received": order_ref["total_cents"],
+                            "amount": amount, "amount_received": amount,
                             "currency": order_ref["currency"].lower(),
                             "metadata": {"order_id": str(order_ref["id"])}}},
     })

@@ -60,27 +60,6 @@ class DedupCache:
             pass
 
 
-class RedisTransmissionLog:
-    """PayPal transmission id -> body digest, kept long enough to outlive redeliveries.
-
-    A Redis outage lets deliveries through unchecked: the signature was still verified.
-    """
-
-    def __init__(self, *, client: redis.Redis, ttl_seconds: int = 7 * 24 * 3600,
-                 prefix: str = "racine:paypal:transmission"):
-        self._client = client
-        self._ttl = ttl_seconds
-        self._prefix = prefix
-
-    def first_body(self, transmission_id: str, digest: str) -> bool:
-        try:
-            previous = _set_unless_present(self._client, f"{self._prefix}:{transmission_id}",
-                                           digest, self._ttl)
-        except redis.RedisError:
-            return True
-        return previous is None or previous.decode() == digest
-
-
 def _set_unless_present(client: redis.Redis, key: str, value, ttl: int) -> bytes | None:
     """SET key NX EX ttl; the value already there, or None when this call set it."""
     try:

@@ -6,10 +6,11 @@ class WebhookError(Exception):
 
 
 class RejectedDelivery(WebhookError):
-    """A delivery the endpoint refuses with a 4xx; `reason` is safe to return and log."""
+    """A delivery the endpoint refuses; `reason` is safe to return and log."""
 
     status_code = 400
     code = "rejected"
+    retry_after: int | None = None
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -28,6 +29,15 @@ class MalformedEvent(RejectedDelivery):
     code = "malformed_event"
 
 
+class VerificationUnavailable(RejectedDelivery):
+    """The delivery could not be checked now (a certificate host down, the transmission
+    log unreachable): 503, so the provider delivers it again later."""
+
+    status_code = 503
+    code = "verification_unavailable"
+    retry_after = 30
+
+
 class StorageUnavailable(WebhookError):
     """The database could not store the event; the provider must deliver it again."""
 
@@ -42,3 +52,8 @@ class TransientError(ProcessingError):
 
 class PermanentError(ProcessingError):
     """Will fail again however often it is tried: goes straight to the failures table."""
+
+
+class OrderNotYetKnown(TransientError):
+    """The event names an order that does not exist yet: tried again a few times
+    (ORDER_WAIT_RETRIES), as the order's own commit may still be in flight."""

@@ -6,16 +6,16 @@ A handler only translates; every change of money or status happens in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
 
+from flask import current_app
+
+from service.orders import money
 from service.orders import services as orders
 from service.webhooks.exceptions import PermanentError
 
 Handler = Callable[[dict, str], object]
-
-# Currencies without minor units (ISO 4217 exponent 0) that PayPal may send.
-_ZERO_DECIMAL = {"JPY", "HUF", "TWD", "KRW", "CLP", "VND", "ISK"}
 
 _HANDLERS: dict[tuple[str, str], Handler] = {}
 
@@ -38,10 +38,26 @@ def registered() -> list[tuple[str, str]]:
 # ---- Stripe -------------------------------------------------------------------------
 
 def _stripe_object(event: dict) -> dict:
-    obj = (event.get("data") or {}).get("object")
+    _check_livemode(event)
+    obj = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
     if not isinstance(obj, dict):
         raise PermanentError("event has no data.object")
     return obj
+
+
+def _check_livemode(event: dict) -> None:
+    """A test-mode event never pays a live order (nor refunds or disputes one), and a
+    live event never reaches a test-mode service: refused, so it becomes a failure row
+    with a P1 signal. After fixing STRIPE_LIVEMODE, a replay processes it."""
+    expected = bool(current_app.config["STRIPE_LIVEMODE"])
+    if event.get("livemode") is not expected:
+        mode = "live" if expected else "test"
+        raise PermanentError(f"livemode does not match STRIPE_LIVEMODE (the service expects "
+                             f"{mode}-mode events)")
+
+
+def _stripe_currency(obj: dict) -> str:
+    return money.currency_code(obj.get("currency"))
 
 
 def _stripe_order_id(obj: dict, payment_intent_id: str | None) -> int:
@@ -59,13 +75,16 @@ def _stripe_order_id(obj: dict, payment_intent_id: str | None) -> int:
 @handles("stripe", "payment_intent.succeeded")
 def stripe_payment_succeeded(event: dict, source: str):
     intent = _stripe_object(event)
-    amount = intent.get("amount_received") or intent.get("amount") or 0
+    currency = _stripe_currency(intent)
+    # What was received, not what was asked: a partial capture is a partial payment.
+    if "amount_received" not in intent:
+        raise PermanentError("payment intent has no amount_received")
     return orders.record_payment(
         order_id=_stripe_order_id(intent, None),
         provider="stripe",
         provider_payment_id=_required_str(intent, "id"),
-        amount_cents=_int(amount),
-        currency=str(intent.get("currency") or "eur"),
+        amount_cents=money.from_stripe(intent["amount_received"], currency),
+        currency=currency,
         source=source,
     )
 
@@ -73,51 +92,78 @@ def stripe_payment_succeeded(event: dict, source: str):
 @handles("stripe", "payment_intent.payment_failed")
 def stripe_payment_failed(event: dict, source: str):
     intent = _stripe_object(event)
+    currency = _stripe_currency(intent)
     error = intent.get("last_payment_error") or {}
     reason = error.get("code") if isinstance(error, dict) else None
+    reason = reason if isinstance(reason, str) and _IDENTIFIER.fullmatch(reason) else "unknown"
     return orders.record_payment_failure(
         order_id=_stripe_order_id(intent, None),
         provider="stripe",
         provider_payment_id=_required_str(intent, "id"),
-        amount_cents=_int(intent.get("amount") or 0),
-        currency=str(intent.get("currency") or "eur"),
-        reason=f"payment failed: {reason or 'unknown'}",
+        amount_cents=money.from_stripe(intent.get("amount", 0), currency),
+        currency=currency,
+        reason=f"payment failed: {reason}",
         source=source,
     )
 
 
 @handles("stripe", "charge.refunded")
 def stripe_charge_refunded(event: dict, source: str):
+    """The charge with its refunds: the refund list when the event carries all of it,
+    else the cumulative `amount_refunded` (newer API versions omit the list)."""
     charge = _stripe_object(event)
-    payment_intent = charge.get("payment_intent")
-    order_id = _stripe_order_id(charge, payment_intent)
-    currency = str(charge.get("currency") or "eur")
-    refunds = ((charge.get("refunds") or {}).get("data")) or []
-    if refunds:
-        outcome = None
-        for refund in refunds:
-            outcome = orders.record_refund(
-                order_id=order_id, provider="stripe",
-                provider_refund_id=_required_str(refund, "id"),
-                provider_payment_id=payment_intent,
-                amount_cents=_int(refund.get("amount") or 0), currency=currency, source=source,
-            )
-        return outcome
-    # Newer API versions omit the refunds list: the cumulative amount identifies the step.
-    total = _int(charge.get("amount_refunded") or 0)
-    already = orders.refunded_cents(order_id)
-    return orders.record_refund(
-        order_id=order_id, provider="stripe",
-        provider_refund_id=f"{_required_str(charge, 'id')}:{total}",
-        provider_payment_id=payment_intent,
-        amount_cents=max(total - already, 0), currency=currency, source=source,
-    )
+    payment_intent = _optional_str(charge, "payment_intent")
+    currency = _stripe_currency(charge)
+    payment_key = payment_intent or _required_str(charge, "id")
+    captured = charge.get("amount_captured")
+    captured = None if captured is None else money.from_stripe(captured, currency)
+    listed = charge.get("refunds")
+    items = listed.get("data") if isinstance(listed, dict) else None
+    complete = isinstance(items, list) and items and listed.get("has_more") is not True
+    common = {"order_id": _stripe_order_id(charge, payment_intent), "provider": "stripe",
+              "provider_payment_id": payment_key, "captured_cents": captured,
+              "source": source}
+    if complete:
+        return orders.apply_refunds(**common, refunds=[
+            _stripe_refund_fact(refund, currency) for refund in items])
+    if "amount_refunded" not in charge:
+        raise PermanentError("charge has neither a refund list nor amount_refunded")
+    return orders.apply_refunds(**common, cumulative=orders.CumulativeRefund(
+        key=_required_str(charge, "id"),
+        total_cents=money.from_stripe(charge["amount_refunded"], currency),
+        currency=currency))
+
+
+def _stripe_refund_fact(refund: object, default_currency: str) -> orders.RefundFact:
+    if not isinstance(refund, dict):
+        raise PermanentError("refund is not an object")
+    currency = money.currency_code(refund.get("currency") or default_currency)
+    status = refund.get("status", "succeeded")
+    if status not in money.RefundStatus.PROVIDER:
+        raise PermanentError("refund status is not one Stripe uses")
+    return orders.RefundFact(_required_str(refund, "id"),
+                             money.from_stripe(refund.get("amount"), currency), currency, status)
+
+
+@handles("stripe", "charge.refund.updated")
+@handles("stripe", "refund.created")
+@handles("stripe", "refund.updated")
+@handles("stripe", "refund.failed")
+def stripe_refund_changed(event: dict, source: str):
+    """One refund object: its status moved (pending -> succeeded, succeeded -> failed)."""
+    refund = _stripe_object(event)
+    payment_intent = _optional_str(refund, "payment_intent")
+    currency = _stripe_currency(refund)
+    return orders.apply_refunds(
+        order_id=_stripe_order_id(refund, payment_intent), provider="stripe",
+        provider_payment_id=payment_intent or _optional_str(refund, "charge"),
+        source=source, refunds=[_stripe_refund_fact(refund, currency)])
 
 
 @handles("stripe", "charge.dispute.created")
 def stripe_dispute_created(event: dict, source: str):
     dispute = _stripe_object(event)
-    payment_intent = dispute.get("payment_intent")
+    payment_intent = _optional_str(dispute, "payment_intent")
     return orders.record_dispute(
         order_id=_stripe_order_id(dispute, payment_intent),
         provider="stripe",
@@ -136,20 +182,22 @@ def _paypal_resource(event: dict) -> dict:
 
 
 def _paypal_amount(resource: dict) -> tuple[int, str]:
-    amount = resource.get("amount") or {}
-    currency = str(amount.get("currency_code") or "EUR").upper()
-    try:
-        value = Decimal(str(amount.get("value", "0")))
-    except InvalidOperation as exc:
-        raise PermanentError("amount.value is not a number") from exc
-    exponent = 0 if currency in _ZERO_DECIMAL else 2
-    return int((value * (10 ** exponent)).to_integral_value()), currency
+    """(minor units, currency) of a PayPal `amount` object: a bounded decimal string."""
+    amount = resource.get("amount")
+    if not isinstance(amount, dict):
+        raise PermanentError("resource has no amount")
+    currency = money.currency_code(amount.get("currency_code"))
+    return money.from_decimal_string(amount.get("value"), currency), currency
 
 
 def _paypal_capture_id_of_refund(resource: dict) -> str | None:
-    for link in resource.get("links") or []:
-        if isinstance(link, dict) and link.get("rel") == "up" and "/captures/" in str(link.get("href")):
-            return str(link["href"]).rstrip("/").rsplit("/", 1)[-1]
+    links = resource.get("links")
+    for link in links if isinstance(links, list) else ():
+        if not isinstance(link, dict):
+            continue
+        href = link.get("href")
+        if link.get("rel") == "up" and isinstance(href, str) and "/captures/" in href:
+            return _storable(href.rstrip("/").rsplit("/", 1)[-1], "capture id")
     return None
 
 
@@ -164,8 +212,14 @@ def _paypal_order_id(resource: dict, capture_id: str | None) -> int:
     raise PermanentError("no custom_id and no known capture to find the order by")
 
 
+# PayPal refund statuses, in this service's terms.
+_PAYPAL_REFUND_STATUS = {"COMPLETED": "succeeded", "PENDING": "pending", "FAILED": "failed",
+                         "CANCELLED": "canceled"}
+
+
 @handles("paypal", "PAYMENT.CAPTURE.COMPLETED")
 def paypal_capture_completed(event: dict, source: str):
+    """One capture, whose amount is what was received (a partial capture pays part)."""
     capture = _paypal_resource(event)
     amount, currency = _paypal_amount(capture)
     return orders.record_payment(
@@ -187,37 +241,58 @@ def paypal_capture_denied(event: dict, source: str):
 
 
 @handles("paypal", "PAYMENT.CAPTURE.REFUNDED")
+@handles("paypal", "PAYMENT.CAPTURE.REVERSED")
 def paypal_capture_refunded(event: dict, source: str):
+    """A refund resource; a reversal (PayPal taking the money back) is one too."""
     refund = _paypal_resource(event)
     capture_id = _paypal_capture_id_of_refund(refund)
     amount, currency = _paypal_amount(refund)
-    return orders.record_refund(
+    status = _PAYPAL_REFUND_STATUS.get(refund.get("status", "COMPLETED"))
+    if status is None:
+        raise PermanentError("refund status is not one PayPal uses")
+    return orders.apply_refunds(
         order_id=_paypal_order_id(refund, capture_id), provider="paypal",
-        provider_refund_id=_required_str(refund, "id"), provider_payment_id=capture_id,
-        amount_cents=amount, currency=currency, source=source,
-    )
+        provider_payment_id=capture_id, source=source,
+        refunds=[orders.RefundFact(_required_str(refund, "id"), amount, currency, status)])
 
 
 # ---- helpers ------------------------------------------------------------------------
 
+# Provider identifiers and codes: printable, bounded, nothing PostgreSQL refuses.
+_IDENTIFIER = re.compile(r"[\x21-\x7e]{1,255}")
+
+
 def _order_id(raw: object) -> int:
-    try:
-        value = int(str(raw).strip())
-    except ValueError as exc:
-        raise PermanentError("order reference is not a number") from exc
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise PermanentError("order reference is not a number")
+    text = str(raw).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise PermanentError("order reference is not a number")
+    value = int(text)
     if value <= 0:
         raise PermanentError("order reference is not a positive number")
     return value
-
-
-def _int(raw: object) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise PermanentError("amount is not an integer")
-    return raw
 
 
 def _required_str(obj: dict, key: str) -> str:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, str) or not value:
         raise PermanentError(f"{key} is missing")
+    return _storable(value, key)
+
+
+def _optional_str(obj: dict, key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise PermanentError(f"{key} is not a string")
+    return _storable(value, key)
+
+
+def _storable(value: str, what: str) -> str:
+    """An identifier the database can store: checked before any INSERT (a NUL or a lone
+    surrogate would otherwise fail deep in the driver, with the value in its message)."""
+    if not _IDENTIFIER.fullmatch(value):
+        raise PermanentError(f"{what} is not a plain identifier")
     return value

@@ -8,14 +8,14 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import DateTime
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one
 from service.queues.publishing import SENT
 from service.webhooks.dedup import DedupCache
-from service.webhooks.exceptions import StorageUnavailable
+from service.webhooks.exceptions import MalformedEvent, StorageUnavailable
 from service.webhooks.models import EventStatus
 from service.webhooks.queueing import mark_unpublished, send_event
 from service.webhooks.verifiers import VerifiedEvent
@@ -37,12 +37,16 @@ def accept_event(
 
     Returns only after the row is committed (or known to exist already); raises
     StorageUnavailable when the database cannot store it, so the caller answers 503
-    and the provider delivers again.
+    and the provider delivers again, and MalformedEvent when the database refuses a
+    value it will never store (the verifier checks for those first; this is the net).
     """
     if dedup.seen_stored(event.provider, event.event_id):
         return IntakeResult("duplicate", None)
     try:
         event_pk = _insert(event, request_id)
+    except DataError:
+        dedup.release(event.provider, event.event_id)
+        raise MalformedEvent("event holds a value the database cannot store") from None
     except SQLAlchemyError as exc:
         dedup.release(event.provider, event.event_id)
         raise StorageUnavailable(type(exc).__name__) from exc

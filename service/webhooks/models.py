@@ -31,6 +31,7 @@ class WebhookEvent(db.Model):
     __table_args__ = (
         UniqueConstraint("provider", "event_id"),
         Index("ix_webhook_events_status_received_at", "status", "received_at"),
+        Index("ix_webhook_events_processed_at", "processed_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -47,6 +48,11 @@ class WebhookEvent(db.Model):
     lease_expires_at: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Attempts allowed in all (WEBHOOK_MAX_ATTEMPTS when unset); a manual replay grants
+    # a fresh allowance on top of what was spent.
+    attempt_limit: Mapped[int | None]
+    # When `webhooks purge` removed the payload's personal data.
+    redacted_at: Mapped[datetime | None]
 
     failure: Mapped[WebhookFailure | None] = relationship(back_populates="event")
 
@@ -66,6 +72,21 @@ class WebhookEvent(db.Model):
         if with_payload:
             data["payload"] = self.payload
         return data
+
+
+class PayPalTransmission(db.Model):
+    """Each PayPal transmission id seen, with the SHA-256 of the body it came with.
+
+    PayPal signs only a CRC32 of the body, and CRC32 twins are easy to make: a captured
+    transmission replayed with another body is refused for as long as this row lives,
+    which is for ever (not only while a cache remembers it).
+    """
+
+    __tablename__ = "paypal_transmissions"
+
+    transmission_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WebhookFailure(db.Model):

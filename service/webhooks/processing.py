@@ -5,12 +5,18 @@ with a conditional UPDATE that also takes a lease; the handler's changes and the
 status are committed together only while that lease is still this worker's. A message
 delivered twice (acks_late, relay, replay) therefore finds the row claimed or done and
 does nothing, and a worker killed mid-task leaves a lease that expires and lets the
-relay hand the event to another worker.
+relay hand the event to another worker. Leases are short and renewed while the task
+runs (`leases`), and every claim counts against WEBHOOK_MAX_ATTEMPTS, lease expiries
+after hard kills included: an event that keeps killing its worker ends as a failure row.
 
 This module commits on its own, on purpose (the one exception to "the base task owns
 the transaction"): the claim, the effects with the final status, a deferral and a
 failure each are a separate transaction whose commit is the point, since each must
 stand, or not, under the lease that was checked in it.
+
+Error text that is stored or logged (`last_error`, failure rows, signals) is the error's
+class and a reason this code wrote, never an exception's own message: those carry SQL
+parameters, payload values and personal data.
 """
 
 from __future__ import annotations
@@ -30,14 +36,19 @@ from service.alerts.services import raise_signal
 from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one, run
-from service.orders.exceptions import OrdersError
+from service.orders.exceptions import OrderNotFound, OrdersError
 from service.webhooks import handlers
-from service.webhooks.exceptions import PermanentError, ProcessingError, TransientError
+from service.webhooks.exceptions import (
+    OrderNotYetKnown,
+    PermanentError,
+    ProcessingError,
+    TransientError,
+)
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_LENGTH = 2000
+MAX_ERROR_LENGTH = 500
 
 
 @dataclass(frozen=True)
@@ -53,34 +64,73 @@ class Claim:
     payload: str
 
 
+_CLAIMABLE = ("(status IN (:received, :queued)"
+              " OR (status = :processing AND lease_expires_at < :now))")
 _CLAIM = Statement(
     "UPDATE webhook_events SET status = :processing, lease_token = :token,"
     " lease_expires_at = :lease_until, attempts = attempts + 1"
-    " WHERE id = :event_pk AND (status IN (:received, :queued)"
-    " OR (status = :processing AND lease_expires_at < :now))"
+    f" WHERE id = :event_pk AND {_CLAIMABLE}"
+    " AND attempts < COALESCE(attempt_limit, :max_attempts)"
+    " RETURNING attempts, provider, event_id, event_type, payload",
+    now=DateTime(), lease_until=DateTime(),
+)
+_EXHAUSTED = Statement(
+    "UPDATE webhook_events SET status = :failed, lease_token = :token,"
+    " lease_expires_at = :lease_until, last_error = :error"
+    f" WHERE id = :event_pk AND {_CLAIMABLE}"
+    " AND attempts >= COALESCE(attempt_limit, :max_attempts)"
     " RETURNING attempts, provider, event_id, event_type, payload",
     now=DateTime(), lease_until=DateTime(),
 )
 
 
-def claim(event_pk: int, *, lease_seconds: int) -> Claim | None:
+def claim(event_pk: int, *, lease_seconds: int, max_attempts: int) -> Claim | None:
     """Take the event for this worker; None when it is done, failed, or leased by another.
 
     One conditional UPDATE, committed on its own (one round trip), that also reads what
-    the handler needs.
+    the handler needs. An event that has used up its attempts is not claimed: see
+    `give_up`.
     """
     now = utcnow()
     token = secrets.token_hex(16)
     row = fetch_one(_CLAIM, {
         "event_pk": event_pk, "token": token, "now": now,
-        "lease_until": now + timedelta(seconds=lease_seconds),
-        "processing": EventStatus.PROCESSING, "received": EventStatus.RECEIVED,
-        "queued": EventStatus.QUEUED,
+        "lease_until": now + timedelta(seconds=lease_seconds), "max_attempts": max_attempts,
+        **_STATUSES,
     })
     if row is None:
         return None
     attempts, provider, event_id, event_type, payload = row
     return Claim(event_pk, token, attempts, provider, event_id, event_type, payload)
+
+
+_STATUSES = {"processing": EventStatus.PROCESSING, "received": EventStatus.RECEIVED,
+             "queued": EventStatus.QUEUED, "failed": EventStatus.FAILED}
+
+
+def give_up(event_pk: int, *, max_attempts: int) -> bool:
+    """Fail an event that is outstanding but has used up its attempts; True if it was one.
+
+    Called when a claim found nothing to take. This is what ends the loop of an event
+    whose every attempt kills its worker outright (it never reaches `record_failure`):
+    its lease expires, the relay hands it out again, and this turns it into a failure
+    row with a P1 signal instead of another attempt.
+    """
+    now = utcnow()
+    token = secrets.token_hex(16)
+    error = f"attempts exhausted: {max_attempts} or more attempts, counting workers lost"
+    rows = run(_EXHAUSTED, {
+        "event_pk": event_pk, "token": token, "now": now, "lease_until": now,
+        "max_attempts": max_attempts, "error": error, **_STATUSES,
+    }).rows
+    if not rows:
+        db.session.rollback()
+        return False
+    attempts, provider, event_id, event_type, payload = rows[0]
+    # In the same transaction, the row carries this call's token: the failure row and
+    # the signal are written (and committed with it) by the code of any other failure.
+    return record_failure(Claim(event_pk, token, attempts, provider, event_id, event_type,
+                                payload), error=error)
 
 
 _FINISH = Statement(
@@ -125,21 +175,30 @@ def apply(claimed: Claim) -> str:
 
 
 def classify(exc: BaseException) -> BaseException:
-    """Decide, in one place, whether an error is worth retrying."""
+    """Decide, in one place, whether an error is worth retrying, and what may be said of it.
+
+    Only messages this service wrote itself (its domain errors, which name ids and
+    rules, never values) are kept; anything else is its class name and a short reason.
+    """
     if isinstance(exc, ProcessingError):
         return exc
+    if isinstance(exc, OrderNotFound):
+        # The order's own commit may still be in flight: wait a little before failing.
+        return OrderNotYetKnown(str(exc))
     if isinstance(exc, OrdersError):
         return PermanentError(str(exc))
     if isinstance(exc, IntegrityError):
         # A concurrent insert of the same provider id: the next attempt finds the row.
-        return TransientError("conflicting concurrent write")
+        return TransientError("IntegrityError: conflicting concurrent write")
     if isinstance(exc, OperationalError | PoolTimeout | TimeoutError | ConnectionError
                   | SoftTimeLimitExceeded):
         return TransientError(type(exc).__name__)
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return TransientError("database connection lost")
+    if isinstance(exc, DBAPIError):
+        return PermanentError(f"{type(exc).__name__}: the database refused a value")
     if isinstance(exc, Exception):
-        return PermanentError(f"{type(exc).__name__}: {exc}")
+        return PermanentError(f"{type(exc).__name__}: unexpected error in the handler")
     return exc  # KeyboardInterrupt, SystemExit, time limits: not ours to classify
 
 
@@ -188,7 +247,8 @@ def record_failure(claimed: Claim, *, error: str) -> bool:
         failure.error_message = error
         failure.resolved_at = None
     raise_signal(severity="P1", kind="webhook_failure", source=f"{event.provider}:{event.event_type}",
-                 details={"event_pk": event_pk, "error": error[:200]})
+                 details={"event_pk": event_pk, "attempts": event.attempts,
+                          "error": error[:200]})
     try:
         db.session.commit()
     except SQLAlchemyError:

@@ -10,8 +10,8 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.logs import event_var
-from service.webhooks import processing, relay
-from service.webhooks.exceptions import PermanentError, TransientError
+from service.webhooks import processing, relay, retention
+from service.webhooks.exceptions import OrderNotYetKnown, PermanentError, TransientError
 from service.webhooks.metrics import EVENTS
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,13 @@ def _process(task, event_pk: int) -> str:
 
 
 def _attempt(task, event_pk: int) -> str:
-    lease = current_app.config["PROCESSING_LEASE_SECONDS"]
+    cfg = current_app.config
+    lease = cfg["PROCESSING_LEASE_SECONDS"]
+    max_attempts = cfg["WEBHOOK_MAX_ATTEMPTS"]
     try:
-        claimed = processing.claim(event_pk, lease_seconds=lease)
+        claimed = processing.claim(event_pk, lease_seconds=lease, max_attempts=max_attempts)
+        if claimed is None and processing.give_up(event_pk, max_attempts=max_attempts):
+            return "failed"
     except SQLAlchemyError as exc:
         # The database is unreachable: retry this message, rather than let Celery ack a
         # failed task and leave the event to the relay's slower sweep.
@@ -61,15 +65,17 @@ def _attempt(task, event_pk: int) -> str:
                                                            "outcome": "skipped"})
         return "skipped"
     try:
-        outcome = processing.apply(claimed)
+        with current_app.extensions["lease_keeper"].hold(claimed.event_pk, claimed.token):
+            outcome = processing.apply(claimed)
     except PermanentError as exc:
         return "failed" if processing.record_failure(claimed, error=str(exc)) else "lost_lease"
     except TransientError as exc:
         retries = task.request.retries
-        if retries >= task.max_retries:
-            recorded = processing.record_failure(
-                claimed, error=f"retries exhausted after {retries + 1} attempts: {exc}"
-            )
+        reason = _exhausted(exc, retries=retries, max_retries=task.max_retries,
+                            attempts=claimed.attempts, max_attempts=max_attempts,
+                            order_wait=cfg["ORDER_WAIT_RETRIES"])
+        if reason is not None:
+            recorded = processing.record_failure(claimed, error=f"{reason}: {exc}")
             return "failed" if recorded else "lost_lease"
         countdown = backoff_delay(retries, factor=task.retry_backoff,
                                   maximum=task.retry_backoff_max, jitter=task.retry_jitter)
@@ -85,7 +91,26 @@ def _attempt(task, event_pk: int) -> str:
     return outcome
 
 
+def _exhausted(exc: TransientError, *, retries: int, max_retries: int, attempts: int,
+               max_attempts: int, order_wait: int) -> str | None:
+    """Why a transiently failed event must not be tried again, or None to retry it."""
+    if attempts >= max_attempts:
+        return f"attempts exhausted after {attempts} attempts"
+    if retries >= max_retries:
+        return f"retries exhausted after {retries + 1} attempts"
+    if isinstance(exc, OrderNotYetKnown) and retries >= order_wait:
+        return f"order still missing after {retries + 1} attempts"
+    return None
+
+
 @shared_task(name="webhooks.relay_pending", ignore_result=True)
 def relay_pending() -> dict:
     """Beat task: enqueue stored events the broker does not have (see `relay`)."""
     return relay.relay_pending().as_dict()
+
+
+@shared_task(name="webhooks.purge_payloads", ignore_result=True)
+def purge_payloads() -> dict:
+    """Beat task, daily: redact payloads of events processed PAYLOAD_RETENTION_DAYS ago."""
+    cutoff = retention.retention_cutoff(current_app.config["PAYLOAD_RETENTION_DAYS"])
+    return retention.purge_payloads(cutoff).as_dict()

@@ -30,17 +30,19 @@ def receive(provider: str):
         return _error(413, "too_large", "body exceeds the size limit")
     try:
         event = verifier.verify(body, request.headers)
-    except RejectedDelivery as exc:
-        log.info("delivery rejected", extra={"provider": provider, "reason": exc.reason,
-                                             "code": exc.status_code})
-        DELIVERIES.inc(provider=provider, outcome=exc.code)
-        return _error(exc.status_code, exc.code, exc.reason)
-    try:
         result = accept_event(
             event,
             dedup=current_app.extensions["webhook_dedup"],
             request_id=g.get("request_id"),
         )
+    except RejectedDelivery as exc:
+        log.info("delivery rejected", extra={"provider": provider, "reason": exc.reason,
+                                             "code": exc.status_code})
+        DELIVERIES.inc(provider=provider, outcome=exc.code)
+        response = _error(exc.status_code, exc.code, exc.reason)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except StorageUnavailable as exc:
         log.error("event not stored: database unavailable",
                   extra={"provider": provider, "event_id": event.event_id, "error": str(exc)})

@@ -18,14 +18,15 @@ from tests.support.waiting import wait_until
 
 @pytest.fixture
 def embedded(service_env, tmp_path):
-    """The settings `make run` gives its processes: SQLite under the instance folder and a
-    redis-server of its own."""
+    """The settings `make run` gives its processes: SQLite under the instance folder, a
+    redis-server of its own, and the explicit development mode (production, the default,
+    would refuse to start without real secrets)."""
     instance = tmp_path / "instance"
     instance.mkdir()
     with RedisServer(tmp_path / "redis") as redis_server:
         env = {"DATABASE_URL": f"sqlite:///{instance / 'racine.db'}",
                "REDIS_URL": redis_server.url(0), "RACINE_INSTANCE_PATH": str(instance),
-               "LOG_LEVEL": "INFO"}
+               "RACINE_ENV": "development", "LOG_LEVEL": "INFO"}
         yield env, instance / "racine.db"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import requests
 from sqlalchemy import text
 
@@ -40,15 +39,6 @@ def event(event_id: str) -> dict:
 
 def status_of(event_id: str) -> str | None:
     return scalar("SELECT status FROM webhook_events WHERE event_id = :e", e=event_id)
-
-
-@pytest.fixture
-def processes():
-    """Every process a test starts, stopped at the end whatever happened."""
-    started = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 def deliver_to_doomed_worker(client, tmp_path, processes, event_type: str, obj: dict):

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
+from service.audit.actor import Actor
 from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import WebhookEvent, WebhookFailure
@@ -36,7 +37,8 @@ def test_replay_requeues_a_failed_event_but_leaves_one_a_worker_is_processing(ct
                           lease_expires_at=now - timedelta(seconds=1))
 
     outcomes = {o.event_pk: o.result
-                for o in retry_failures(select_failures(Selection()), actor="test")}
+                for o in retry_failures(select_failures(Selection()),
+                                                 actor=Actor.system("test"))}
 
     # The broker is up and the queue has room: both others are published.
     assert outcomes == {busy: "skipped", failed: "enqueued", stale: "enqueued"}
@@ -60,7 +62,8 @@ def test_replay_with_the_broker_down_leaves_the_event_received_for_the_relay(bui
         db.session.commit()
         failed = _failed_event("evt_failed_offline", status="failed")
 
-        outcomes = [o.result for o in retry_failures(select_failures(Selection()), actor="t")]
+        outcomes = [o.result for o in retry_failures(select_failures(Selection()),
+                                                     actor=Actor.system("test"))]
 
         assert outcomes == ["left_for_relay"]
         db.session.expire_all()

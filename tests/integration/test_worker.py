@@ -170,13 +170,13 @@ def test_message_delivered_again_while_event_is_processing_runs_handler_once(
 
 # ---- permanent failures and replay --------------------------------------------------
 
-def test_permanent_failure_is_recorded_after_one_attempt_and_replay_processes_it(
+def test_missing_order_fails_after_its_waiting_retries_and_replay_processes_it(
         worker, client, ctx, cli):
     event_id = deliver(client, "payment_intent.succeeded", payment_intent(MISSING_ORDER))
 
     row = wait_for_status(event_id, "failed", worker)
 
-    assert row["attempts"] == 1
+    assert row["attempts"] == 3  # the first try and ORDER_WAIT_RETRIES=2 more
     recorded = failures()
     assert len(recorded) == 1
     failure = recorded[0]
@@ -192,7 +192,7 @@ def test_permanent_failure_is_recorded_after_one_attempt_and_replay_processes_it
     assert ("1 selected: 1 enqueued, 0 left for the relay (broker down), "
             "0 skipped (already processed)") in result.stdout
     row = wait_for_status(event_id, "processed", worker)
-    assert row["attempts"] == 2
+    assert row["attempts"] == 4
     failure = failures()[0]
     assert failure["resolved_at"] is not None
     assert failure["retry_count"] == 1

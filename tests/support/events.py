@@ -8,6 +8,7 @@ import uuid
 
 import stripe
 
+from service.clock import utcnow
 from service.extensions import db
 from service.orders.models import Customer, Order
 
@@ -18,8 +19,10 @@ PAYPAL_CERT_URL = "https://api.paypal.com/v1/notifications/certs/CERT-TEST"
 
 def stripe_event(event_type: str, obj: dict, *, event_id: str | None = None) -> tuple[bytes, str]:
     event_id = event_id or f"evt_{uuid.uuid4().hex}"
+    # Test-mode events, as the tests' development mode expects (STRIPE_LIVEMODE=false).
     body = json.dumps({"id": event_id, "object": "event", "type": event_type,
-                       "created": int(time.time()), "data": {"object": obj}})
+                       "created": int(time.time()), "livemode": False,
+                       "data": {"object": obj}})
     return body.encode(), event_id
 
 
@@ -59,11 +62,17 @@ def paypal_headers(private_key, body: bytes, *, webhook_id: str = PAYPAL_WEBHOOK
 
 def make_order(*, total_cents: int = 1000, order_id: int | None = None, status: str = "pending",
                currency: str = "EUR") -> int:
-    """Insert a customer and an order; needs an app context. Returns the order id."""
+    """Insert a customer and an order; needs an app context. Returns the order id.
+
+    A `paid` order has the facts to match: its total received, and when.
+    """
     customer = Customer(email=f"{uuid.uuid4().hex[:12]}@example.test", name="Test Customer")
     db.session.add(customer)
     db.session.flush()
-    order = Order(customer_id=customer.id, status=status, currency=currency, total_cents=total_cents)
+    order = Order(customer_id=customer.id, status=status, currency=currency,
+                  total_cents=total_cents)
+    if status == "paid":
+        order.paid_cents, order.paid_at = total_cents, utcnow()
     if order_id is not None:
         order.id = order_id
     db.session.add(order)
@@ -80,3 +89,12 @@ def make_orders(count: int, *, total_cents: int = 1000) -> list[int]:
     db.session.add_all(orders)
     db.session.commit()
     return [o.id for o in orders]
+
+
+def process_stored_event(event_pk: int) -> str:
+    """Claim and apply one stored event as a worker would, in this process (needs an app
+    context); returns the outcome (`processed`, ...)."""
+    from service.webhooks import processing
+
+    claimed = processing.claim(event_pk, lease_seconds=30, max_attempts=5)
+    return processing.apply(claimed)

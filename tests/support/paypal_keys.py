@@ -9,6 +9,9 @@ from loadtests import signing
 AUTH_ALGO = "SHA256withRSA"
 
 make_certificate = signing.make_certificate
+make_ca = signing.make_ca
+make_tls_certificate = signing.make_tls_certificate
+PAYPAL_SUBJECT = signing.PAYPAL_SUBJECT
 
 
 def sign_delivery(private_key, *, body: bytes, webhook_id: str, cert_url: str,

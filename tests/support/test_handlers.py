@@ -8,11 +8,15 @@ retry delays the worker chose.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import redis
 from flask import current_app
+from sqlalchemy import text
 
+from service.extensions import db
 from service.orders import services as orders
 from service.webhooks.exceptions import PermanentError, TransientError
 from service.webhooks.handlers import handles
@@ -25,7 +29,8 @@ def _redis() -> redis.Redis:
 def _pay(obj: dict, source: str):
     return orders.record_payment(
         order_id=int(obj["order_id"]), provider="stripe",
-        provider_payment_id=obj["payment_id"], amount_cents=int(obj.get("amount", 100)),
+        # 1000: make_order's default total, so the order is paid.
+        provider_payment_id=obj["payment_id"], amount_cents=int(obj.get("amount", 1000)),
         currency="eur", source=source,
     )
 
@@ -54,3 +59,18 @@ def slow(event: dict, source: str):
 def broken(event: dict, source: str):
     """Always fail permanently: a payment event the service cannot apply."""
     raise PermanentError("simulated permanent failure")
+@handles("stripe", "test.kill")
+def kill(event: dict, source: str):
+    """Kill the process running it outright, as an out-of-memory kill or a crash would."""
+    _redis().rpush(f"test:started:{event['id']}", repr(time.time()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@handles("stripe", "test.leaky")
+def leaky(event: dict, source: str):
+    """Fail with the customer's e-mail address in the error, from Python or from the
+    database (which quotes the value it refused)."""
+    obj = event["data"]["object"]
+    if obj.get("via") == "database":
+        db.session.execute(text("SELECT CAST(:value AS integer)"), {"value": obj["email"]})
+    raise ValueError(f"cannot handle customer {obj['email']}")

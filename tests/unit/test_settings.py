@@ -82,7 +82,9 @@ def test_database_pool_settings_come_from_the_environment(bare_environment, monk
 
     assert settings["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://")
     assert options["pool_size"] == 12
-    assert options["connect_args"] == {"connect_timeout": 7}
+    assert options["connect_args"]["connect_timeout"] == 7
+    # Statement parameters are payload values and personal data: never in an error.
+    assert options["hide_parameters"] is True
 
 
 def test_a_setting_that_is_not_a_number_is_refused_with_its_name(bare_environment, monkeypatch):

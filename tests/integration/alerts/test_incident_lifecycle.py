@@ -9,6 +9,7 @@ commits (incidents, notices and the deliveries they call for).
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from service.alerts.services import acknowledge, resolve
+from service.audit.services import Actor
 from service.clock import utcnow
 from service.extensions import db
 from service.queues.depth import queue_keys
@@ -34,6 +36,7 @@ from tests.support.alerting import (
     notices,
     policy_app,
 )
+from tests.support.db import rows
 
 
 @pytest.fixture
@@ -128,6 +131,12 @@ def test_a_cleared_condition_resolves_its_incident_after_the_clear_time_with_a_n
     resolved = incidents()[0]
     assert (resolved["status"], resolved["resolved_at"], resolved["resolved_by"]) == \
         ("resolved", minutes(t0, 7), "system:alerts")
+    audited = rows("SELECT action, entity_id, actor, reason, metadata FROM audit_logs")
+    assert [(r["action"], r["entity_id"], r["actor"]) for r in audited] == \
+        [("incident.resolve", str(incident["id"]), "system:alerts")]
+    assert audited[0]["reason"] == f"condition clear since {minutes(t0, 2).isoformat()}Z"
+    states = json.loads(audited[0]["metadata"])
+    assert (states["before"]["status"], states["after"]["status"]) == ("open", "resolved")
     assert _kinds(incident["id"]) == ["opened", "resolved"]
     resolved_notice = notices(incident["id"])[1]
     assert "RESOLVED" in resolved_notice["title"]
@@ -175,7 +184,7 @@ def test_an_unacknowledged_incident_is_notified_again_on_its_repeat_interval(pol
     assert incident["last_notified_at"] == minutes(t0, 30)
     assert "STILL OPEN" in notices(incident["id"])[1]["title"]
 
-    acknowledge(incident["id"], actor="cli:oncall", reason="looking", now=minutes(t0, 31))
+    acknowledge(incident["id"], actor=Actor(label="cli:oncall"), reason="looking", now=minutes(t0, 31))
     db.session.commit()
     evaluate_at(minutes(t0, 60))
     assert _kinds(incident["id"]) == ["opened", "repeat", "repeat"]
@@ -226,7 +235,8 @@ def test_acknowledging_stops_escalation_and_records_who_and_why(policy):
     t0 = _open_p1()
     incident_id = incidents()[0]["id"]
 
-    acknowledge(incident_id, actor="cli:alice", reason="replaying the failures", now=minutes(t0, 10))
+    acknowledge(incident_id, actor=Actor(label="cli:alice"), reason="replaying the failures",
+                now=minutes(t0, 10))
     db.session.commit()
     evaluate_at(minutes(t0, 40))
 
@@ -241,7 +251,7 @@ def test_acknowledging_stops_escalation_and_records_who_and_why(policy):
 def test_a_resolution_by_hand_is_not_undone_by_the_failures_it_covered(policy):
     t0 = _open_p1()
     first = incidents()[0]
-    resolve(first["id"], actor="cli:alice", reason="replayed all", now=minutes(t0, 5))
+    resolve(first["id"], actor=Actor(label="cli:alice"), reason="replayed all", now=minutes(t0, 5))
     db.session.commit()
 
     evaluate_at(minutes(t0, 6))
@@ -263,18 +273,22 @@ def test_acknowledging_a_resolved_incident_is_refused_and_twice_changes_nothing(
     t0 = _open_p1()
     incident_id = incidents()[0]["id"]
 
-    assert acknowledge(incident_id, actor="cli:a", now=minutes(t0, 2))[1] is True
-    assert acknowledge(incident_id, actor="cli:b", now=minutes(t0, 3))[1] is False
-    assert resolve(incident_id, actor="cli:a", reason="fixed", now=minutes(t0, 4))[1] is True
-    assert resolve(incident_id, actor="cli:b", reason="again", now=minutes(t0, 5))[1] is False
+    assert acknowledge(incident_id, actor=Actor(label="cli:a"), now=minutes(t0, 2))[1] is True
+    assert acknowledge(incident_id, actor=Actor(label="cli:b"), now=minutes(t0, 3))[1] is False
+    assert resolve(incident_id, actor=Actor(label="cli:a"), reason="fixed", now=minutes(t0, 4))[1] is True
+    assert resolve(incident_id, actor=Actor(label="cli:b"), reason="again", now=minutes(t0, 5))[1] is False
     db.session.commit()
     with pytest.raises(InvalidTransition):
-        acknowledge(incident_id, actor="cli:c")
+        acknowledge(incident_id, actor=Actor(label="cli:c"))
     with pytest.raises(IncidentNotFound):
-        acknowledge(incident_id + 1000, actor="cli:c")
+        acknowledge(incident_id + 1000, actor=Actor(label="cli:c"))
     db.session.rollback()
     assert incidents()[0]["acknowledged_by"] == "cli:a"
     assert incidents()[0]["resolve_reason"] == "fixed"
+    audited = rows("SELECT action, entity_id, actor, reason FROM audit_logs ORDER BY id")
+    assert [tuple(r.values()) for r in audited] == [
+        ("incident.acknowledge", str(incident_id), "cli:a", None),
+        ("incident.resolve", str(incident_id), "cli:a", "fixed")]
 
 
 def test_evaluations_running_at_the_same_moment_open_one_incident(policy):

@@ -8,15 +8,20 @@ import json
 import pytest
 
 from service.clock import utcnow
+from tests.support.admin import caller
 from tests.support.alerting import add_events, evaluate_at, incidents, minutes, notices, policy_app
-
-TOKEN = "incident-tools-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.support.audit import audit_writes_refused
+from tests.support.db import rows
 
 
 @pytest.fixture
 def policy(build_app, clean, monkeypatch):
-    yield from policy_app(build_app, monkeypatch, ADMIN_API_TOKENS=TOKEN)
+    yield from policy_app(build_app, monkeypatch)
+
+
+@pytest.fixture
+def operator(policy):
+    return caller(policy, "operator", email="oncall@racine.test")
 
 
 @pytest.fixture
@@ -110,90 +115,122 @@ def test_list_show_ack_and_resolve_from_the_cli(p0, policy):
 
 # -- admin API ---------------------------------------------------------------------------
 
-def test_the_incidents_api_needs_a_token(policy, p0):
-    client = policy.test_client()
+def _error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"error", "message", "details", "request_id"} and body["error"] == code
+    return body
 
-    assert client.get("/api/admin/incidents").status_code == 401
-    assert client.post(f"/api/admin/incidents/{p0['id']}/ack",
-                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+def test_the_incidents_api_needs_a_token_and_the_operator_role_to_act(policy, p0):
+    client = policy.test_client()
+    _error(client.get("/api/admin/incidents"), 401, "unauthorized")
+    _error(client.post(f"/api/admin/incidents/{p0['id']}/ack", json={},
+                       headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+
+    viewer = caller(policy, "viewer")
+    assert viewer.get("/api/admin/incidents").status_code == 200
+    assert viewer.get(f"/api/admin/incidents/{p0['id']}").status_code == 200
+    _error(viewer.post(f"/api/admin/incidents/{p0['id']}/ack", json={}), 403, "forbidden")
+    _error(viewer.post(f"/api/admin/incidents/{p0['id']}/resolve", json={"reason": "x"}),
+           403, "forbidden")
     assert incidents()[0]["status"] == "open"
+    assert rows("SELECT id FROM audit_logs WHERE entity_type = 'incident'") == []
 
 
-def test_list_acknowledge_and_resolve_through_the_api(policy, p0):
-    client = policy.test_client()
-
-    listed = client.get("/api/admin/incidents?severity=P0", headers=AUTH).get_json()
-    assert [i["id"] for i in listed["incidents"]] == [p0["id"]]
+def test_list_acknowledge_and_resolve_through_the_api(policy, p0, operator):
+    listed = operator.get("/api/admin/incidents?severity=P0").get_json()
+    assert [i["id"] for i in listed["items"]] == [p0["id"]]
     assert listed["next_before"] is None
-    assert client.get("/api/admin/incidents?severity=P2", headers=AUTH).get_json()["incidents"] == []
+    assert operator.get("/api/admin/incidents?severity=P2").get_json()["items"] == []
 
-    ack = client.post(f"/api/admin/incidents/{p0['id']}/ack", json={"reason": "looking"}, headers=AUTH)
+    ack = operator.post(f"/api/admin/incidents/{p0['id']}/ack", json={"reason": "looking"})
     assert ack.status_code == 200
-    assert ack.get_json()["changed"] is True
-    actor = ack.get_json()["incident"]["acknowledged_by"]
-    assert actor.startswith("api-token:") and TOKEN not in actor
-    assert client.post(f"/api/admin/incidents/{p0['id']}/ack", headers=AUTH).get_json()["changed"] is False
+    assert (ack.get_json()["changed"], ack.get_json()["status"]) == (True, "acknowledged")
+    assert ack.get_json()["acknowledged_by"] == "user:oncall@racine.test"
+    assert operator.post(f"/api/admin/incidents/{p0['id']}/ack", json={}).get_json()["changed"] \
+        is False
 
-    no_reason = client.post(f"/api/admin/incidents/{p0['id']}/resolve", json={}, headers=AUTH)
-    assert (no_reason.status_code, no_reason.get_json()["error"]) == (400, "reason_required")
-    resolved = client.post(f"/api/admin/incidents/{p0['id']}/resolve",
-                           json={"reason": "replayed the failures"}, headers=AUTH)
+    no_reason = _error(operator.post(f"/api/admin/incidents/{p0['id']}/resolve", json={}),
+                       400, "validation_failed")
+    assert [d["field"] for d in no_reason["details"]] == ["reason"]
+    resolved = operator.post(f"/api/admin/incidents/{p0['id']}/resolve",
+                             json={"reason": "replayed the failures"})
     assert resolved.status_code == 200
-    assert resolved.get_json()["incident"]["status"] == "resolved"
-    assert resolved.get_json()["incident"]["resolve_reason"] == "replayed the failures"
+    assert (resolved.get_json()["status"], resolved.get_json()["resolve_reason"]) == \
+        ("resolved", "replayed the failures")
 
-    conflict = client.post(f"/api/admin/incidents/{p0['id']}/ack", headers=AUTH)
-    assert (conflict.status_code, conflict.get_json()["error"]) == (409, "conflict")
-    shown = client.get(f"/api/admin/incidents/{p0['id']}", headers=AUTH).get_json()
+    _error(operator.post(f"/api/admin/incidents/{p0['id']}/ack", json={}), 409, "conflict")
+    shown = operator.get(f"/api/admin/incidents/{p0['id']}").get_json()
     assert [n["kind"] for n in shown["notifications"]] == ["opened", "resolved"]
+    audited = rows("SELECT action, actor, reason, user_agent FROM audit_logs"
+                   " WHERE entity_type = 'incident' ORDER BY id")
+    assert [tuple(r.values()) for r in audited] == [
+        ("incident.acknowledge", "user:oncall@racine.test", "looking", "racine-tests/1.0"),
+        ("incident.resolve", "user:oncall@racine.test", "replayed the failures",
+         "racine-tests/1.0")]
 
 
-@pytest.mark.parametrize(("path", "kwargs", "status", "error"), [
-    ("/api/admin/incidents?status=closed", {}, 400, "bad_status"),
-    ("/api/admin/incidents?severity=P9", {}, 400, "bad_severity"),
-    ("/api/admin/incidents?limit=0", {}, 400, "bad_limit"),
-    ("/api/admin/incidents?limit=ten", {}, 400, "bad_number"),
-    ("/api/admin/incidents/424242", {}, 404, "not_found"),
+def test_an_action_whose_audit_row_cannot_be_written_changes_nothing(policy, p0, operator):
+    with audit_writes_refused(policy):
+        response = operator.post(f"/api/admin/incidents/{p0['id']}/ack", json={"reason": "x"})
+        cli = _cli(policy, "incidents", "resolve", str(p0["id"]), "--reason", "fixed")
+
+    _error(response, 500, "internal_error")
+    assert cli.exit_code != 0
+    assert incidents()[0]["status"] == "open"
+    assert [n["kind"] for n in notices(p0["id"])] == ["opened"]
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/api/admin/incidents?status=closed", "status"),
+    ("/api/admin/incidents?severity=P9", "severity"),
+    ("/api/admin/incidents?limit=0", "limit"),
+    ("/api/admin/incidents?limit=ten", "limit"),
+    ("/api/admin/incidents?before=x", "before"),
+    ("/api/admin/incidents?colour=red", "colour"),
 ])
-def test_bad_api_queries_get_a_clear_error(policy, path, kwargs, status, error):
-    response = policy.test_client().get(path, headers=AUTH, **kwargs)
+def test_bad_api_queries_get_a_clear_error(policy, operator, path, field):
+    body = _error(operator.get(path), 400, "validation_failed")
 
-    assert (response.status_code, response.get_json()["error"]) == (status, error)
+    assert [d["field"] for d in body["details"]] == [field]
+
+
+def test_an_unknown_incident_is_404(policy, operator):
+    _error(operator.get("/api/admin/incidents/424242"), 404, "not_found")
+    _error(operator.post("/api/admin/incidents/424242/ack", json={}), 404, "not_found")
+    _error(operator.post("/api/admin/incidents/424242/resolve", json={"reason": "x"}),
+           404, "not_found")
 
 
 @pytest.mark.parametrize(("body", "error"), [
-    (b"not json", "bad_body"),
-    (b"[1, 2]", "bad_body"),
-    (b'{"reason": 42}', "bad_reason"),
-    (json.dumps({"reason": "x" * 501}).encode(), "bad_reason"),
+    (b"", "invalid_json"),
+    (b"not json", "invalid_json"),
+    (b"[1, 2]", "invalid_json"),
+    (b'{"reason": 42}', "validation_failed"),
+    (b'{"reason": "   "}', "validation_failed"),
+    (json.dumps({"reason": "x" * 501}).encode(), "validation_failed"),
+    (b'{"reason": "fixed", "force": true}', "validation_failed"),
 ])
-def test_a_malformed_action_body_is_refused_and_changes_nothing(policy, p0, body, error):
-    response = policy.test_client().post(f"/api/admin/incidents/{p0['id']}/resolve", data=body,
-                                         headers={**AUTH, "Content-Type": "application/json"})
+def test_a_malformed_action_body_is_refused_and_changes_nothing(policy, p0, operator, body, error):
+    response = operator.post(f"/api/admin/incidents/{p0['id']}/resolve", data=body,
+                             headers={"Content-Type": "application/json"})
 
-    assert (response.status_code, response.get_json()["error"]) == (400, error)
+    _error(response, 400, error)
     assert incidents()[0]["status"] == "open"
 
 
-def test_acting_on_an_unknown_incident_is_404(policy):
-    response = policy.test_client().post("/api/admin/incidents/424242/ack", headers=AUTH)
-
-    assert (response.status_code, response.get_json()["error"]) == (404, "not_found")
-
-
-def test_the_list_pages_with_before(policy):
+def test_the_list_pages_with_before(policy, operator):
     t0 = utcnow()
     add_events(5, status="failed", received_at=t0)
     evaluate_at(t0)
     add_events(3, status="queued", received_at=t0)
     evaluate_at(minutes(t0, 6))
-    client = policy.test_client()
 
-    first = client.get("/api/admin/incidents?limit=1", headers=AUTH).get_json()
-    second = client.get(f"/api/admin/incidents?limit=1&before={first['next_before']}",
-                        headers=AUTH).get_json()
+    first = operator.get("/api/admin/incidents?limit=1").get_json()
+    second = operator.get(f"/api/admin/incidents?limit=1&before={first['next_before']}").get_json()
 
-    assert [first["incidents"][0]["rule"], second["incidents"][0]["rule"]] == \
+    assert [first["items"][0]["rule"], second["items"][0]["rule"]] == \
         ["payment_stall", "payment_failure_streak"]
 
 

@@ -46,6 +46,13 @@ def notifications(session, order_id: int) -> int:
                           .where(Notification.order_id == order_id))
 
 
+def notification_states(session, order_id: int) -> list[tuple]:
+    session.expire_all()
+    return [tuple(row) for row in session.execute(
+        select(Notification.status, Notification.last_error)
+        .where(Notification.order_id == order_id))]
+
+
 def test_a_confirmation_is_posted_once_per_order(ctx, messaging):
     url, received, _ = messaging
     notifier = HttpNotifier(url=url, timeout=5)
@@ -62,15 +69,23 @@ def test_a_confirmation_is_posted_once_per_order(ctx, messaging):
     assert notifications(ctx, order_id) == 1
 
 
-def test_a_refused_post_raises_so_the_job_retries_and_records_nothing(ctx, messaging):
+def test_a_refused_post_raises_is_recorded_as_failed_and_the_retry_sends_it(ctx, messaging):
     url, received, state = messaging
     state["status"] = 503
+    notifier = HttpNotifier(url=url, timeout=5)
     order_id = make_order()
 
     with pytest.raises(requests.HTTPError):
-        send_order_notification(order_id, kind="payment_confirmation",
-                                notifier=HttpNotifier(url=url, timeout=5))
+        send_order_notification(order_id, kind="payment_confirmation", notifier=notifier)
     ctx.rollback()  # what the base task does when the run raises
 
+    # The outcome is recorded in its own transaction, with the error's class only.
     assert len(received) == 1
-    assert notifications(ctx, order_id) == 0
+    assert notification_states(ctx, order_id) == [("failed", "HTTPError")]
+
+    state["status"] = 202
+    assert send_order_notification(order_id, kind="payment_confirmation", notifier=notifier)
+    ctx.commit()
+
+    assert len(received) == 2
+    assert notification_states(ctx, order_id) == [("sent", None)]

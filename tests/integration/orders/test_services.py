@@ -16,6 +16,12 @@ def _count(db, model, **where):
     return db.scalar(query)
 
 
+def _refund(order_id, *, provider, refund_id, amount, currency, source, payment_id=None):
+    return services.apply_refunds(
+        order_id=order_id, provider=provider, provider_payment_id=payment_id, source=source,
+        refunds=[services.RefundFact(refund_id, amount, currency)])
+
+
 def test_payment_is_recorded_once_per_provider_payment_id(ctx):
     order_id = make_order(total_cents=1500)
     first = services.record_payment(order_id=order_id, provider="stripe", provider_payment_id="pi_1",
@@ -33,9 +39,8 @@ def test_payment_is_recorded_once_per_provider_payment_id(ctx):
 
 def test_refund_before_payment_leaves_order_refunded_and_records_the_refusal(ctx):
     order_id = make_order(total_cents=2000)
-    services.record_refund(order_id=order_id, provider="stripe", provider_refund_id="re_1",
-                           provider_payment_id="pi_1", amount_cents=2000, currency="eur",
-                           source="stripe:evt_refund")
+    _refund(order_id, provider="stripe", refund_id="re_1", payment_id="pi_1", amount=2000,
+            currency="eur", source="stripe:evt_refund")
     ctx.commit()
     outcome = services.record_payment(order_id=order_id, provider="stripe",
                                       provider_payment_id="pi_1", amount_cents=2000,
@@ -55,14 +60,14 @@ def test_partial_then_full_refund(ctx):
     order_id = make_order(total_cents=1000)
     services.record_payment(order_id=order_id, provider="paypal", provider_payment_id="CAP-1",
                             amount_cents=1000, currency="EUR", source="t")
-    partial = services.record_refund(order_id=order_id, provider="paypal", provider_refund_id="R-1",
-                                     amount_cents=300, currency="EUR", source="t")
+    partial = _refund(order_id, provider="paypal", refund_id="R-1", amount=300,
+                      currency="EUR", source="t")
     assert partial.status == "partially_refunded"
-    repeat = services.record_refund(order_id=order_id, provider="paypal", provider_refund_id="R-1",
-                                    amount_cents=300, currency="EUR", source="t")
+    repeat = _refund(order_id, provider="paypal", refund_id="R-1", amount=300,
+                      currency="EUR", source="t")
     assert (repeat.created, repeat.status) == (False, "partially_refunded")
-    full = services.record_refund(order_id=order_id, provider="paypal", provider_refund_id="R-2",
-                                  amount_cents=700, currency="EUR", source="t")
+    full = _refund(order_id, provider="paypal", refund_id="R-2", amount=700,
+                      currency="EUR", source="t")
     ctx.commit()
     assert full.status == "refunded"
     assert services.refunded_cents(order_id) == 1000

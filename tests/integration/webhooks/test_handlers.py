@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from service.orders.exceptions import InvalidAmount
 from service.orders.models import Order, OrderStatusChange, Payment, Refund
-from service.webhooks import handlers
+from service.webhooks import handlers, processing
 from service.webhooks.exceptions import PermanentError
 from tests.support.events import make_order
 
@@ -38,11 +39,27 @@ def refunds(session, order_id: int) -> list[tuple]:
         .where(Refund.order_id == order_id).order_by(Refund.id))]
 
 
+def refund_statuses(session, order_id: int) -> list[tuple]:
+    return [tuple(row) for row in session.execute(
+        select(Refund.provider_refund_id, Refund.status)
+        .where(Refund.order_id == order_id).order_by(Refund.id))]
+
+
+def stripe(obj: dict, event_id: str) -> dict:
+    """A Stripe event in test mode, as the tests' development mode expects."""
+    return {"id": event_id, "livemode": False, "data": {"object": obj}}
+
+
 def stripe_intent(order_id: int, amount: int, *, intent_id: str = "pi_1", **extra) -> dict:
-    return {"id": f"evt_{intent_id}", "data": {"object": {
-        "id": intent_id, "object": "payment_intent", "amount": amount,
-        "amount_received": amount, "currency": "eur",
-        "metadata": {"order_id": str(order_id)}, **extra}}}
+    return stripe({"id": intent_id, "object": "payment_intent", "amount": amount,
+                   "amount_received": amount, "currency": "eur",
+                   "metadata": {"order_id": str(order_id)}, **extra}, f"evt_{intent_id}")
+
+
+def stripe_refund(order_id: int, refund_id: str, amount: int, status: str) -> dict:
+    return stripe({"id": refund_id, "object": "refund", "amount": amount, "currency": "eur",
+                   "payment_intent": "pi_1", "status": status,
+                   "metadata": {"order_id": str(order_id)}}, f"evt_{refund_id}_{status}")
 
 
 def paypal_capture(order_id: int | None, value: str, currency: str = "EUR", *,
@@ -80,9 +97,9 @@ def test_stripe_payment_failed_fails_a_pending_order_with_the_providers_code(ctx
 def test_stripe_charge_refunded_records_each_listed_refund_once(ctx):
     order_id = make_order(total_cents=3000)
     handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 3000))
-    charge = {"id": "evt_ch", "data": {"object": {
-        "id": "ch_1", "payment_intent": "pi_1", "currency": "eur", "amount": 3000,
-        "amount_refunded": 1000, "refunds": {"data": [{"id": "re_1", "amount": 1000}]}}}}
+    charge = stripe({"id": "ch_1", "payment_intent": "pi_1", "currency": "eur", "amount": 3000,
+                     "amount_refunded": 1000,
+                     "refunds": {"data": [{"id": "re_1", "amount": 1000}]}}, "evt_ch")
 
     handle(ctx, "stripe", "charge.refunded", charge)
     handle(ctx, "stripe", "charge.refunded", charge)  # delivered again
@@ -96,23 +113,49 @@ def test_stripe_charge_refunded_without_a_refund_list_uses_the_cumulative_amount
     handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 3000))
 
     def charge(refunded: int) -> dict:
-        return {"id": f"evt_ch_{refunded}", "data": {"object": {
-            "id": "ch_1", "payment_intent": "pi_1", "currency": "eur", "amount": 3000,
-            "amount_refunded": refunded}}}
+        return stripe({"id": "ch_1", "payment_intent": "pi_1", "currency": "eur",
+                       "amount": 3000, "amount_refunded": refunded}, f"evt_ch_{refunded}")
 
     handle(ctx, "stripe", "charge.refunded", charge(1000))
     handle(ctx, "stripe", "charge.refunded", charge(3000))
 
     assert order(ctx, order_id).status == "refunded"
-    assert refunds(ctx, order_id) == [("ch_1:1000", 1000, "pi_1"), ("ch_1:3000", 2000, "pi_1")]
+    assert refunds(ctx, order_id) == [("ch_1:cumulative:1000", 1000, "pi_1"),
+                                      ("ch_1:cumulative:3000", 2000, "pi_1")]
+
+
+def test_stripe_refund_created_pending_counts_only_once_updated_to_succeeded(ctx):
+    order_id = make_order(total_cents=3000)
+    handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 3000))
+
+    handle(ctx, "stripe", "refund.created", stripe_refund(order_id, "re_1", 1000, "pending"))
+    assert (order(ctx, order_id).status, order(ctx, order_id).refunded_cents) == ("paid", 0)
+
+    handle(ctx, "stripe", "refund.updated", stripe_refund(order_id, "re_1", 1000, "succeeded"))
+
+    assert order(ctx, order_id).status == "partially_refunded"
+    assert order(ctx, order_id).refunded_cents == 1000
+    assert refund_statuses(ctx, order_id) == [("re_1", "succeeded")]
+
+
+def test_stripe_refund_that_fails_after_it_succeeded_stops_counting(ctx):
+    order_id = make_order(total_cents=3000)
+    handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 3000))
+    handle(ctx, "stripe", "charge.refund.updated",
+           stripe_refund(order_id, "re_1", 1000, "succeeded"))
+    assert order(ctx, order_id).refunded_cents == 1000
+
+    handle(ctx, "stripe", "refund.failed", stripe_refund(order_id, "re_1", 1000, "failed"))
+
+    assert order(ctx, order_id).refunded_cents == 0
+    assert refund_statuses(ctx, order_id) == [("re_1", "failed")]
 
 
 def test_stripe_dispute_marks_the_order_and_its_payment_disputed(ctx):
     order_id = make_order(total_cents=1200)
     handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 1200))
     # Disputes carry no metadata: the order is found through the recorded payment.
-    dispute = {"id": "evt_dp", "data": {"object": {"id": "dp_1", "payment_intent": "pi_1",
-                                                   "amount": 1200}}}
+    dispute = stripe({"id": "dp_1", "payment_intent": "pi_1", "amount": 1200}, "evt_dp")
 
     handle(ctx, "stripe", "charge.dispute.created", dispute)
 
@@ -121,7 +164,8 @@ def test_stripe_dispute_marks_the_order_and_its_payment_disputed(ctx):
 
 
 def test_a_stripe_event_naming_no_order_is_a_permanent_error(ctx):
-    event = {"id": "evt_x", "data": {"object": {"id": "pi_orphan", "amount": 100}}}
+    event = stripe({"id": "pi_orphan", "amount": 100, "amount_received": 100,
+                    "currency": "eur"}, "evt_x")
 
     with pytest.raises(PermanentError, match=r"no metadata\.order_id"):
         handle(ctx, "stripe", "payment_intent.succeeded", event)
@@ -160,6 +204,18 @@ def test_paypal_capture_refunded_finds_the_order_through_the_capture_link(ctx):
     assert refunds(ctx, order_id) == [("REF-1", 1999, "CAP-1")]
 
 
+def test_paypal_capture_reversed_takes_the_money_back_like_a_refund(ctx):
+    order_id = make_order(total_cents=1999)
+    handle(ctx, "paypal", "PAYMENT.CAPTURE.COMPLETED", paypal_capture(order_id, "19.99"))
+    links = [{"rel": "up", "href": "https://api.paypal.com/v2/payments/captures/CAP-1"}]
+    reversal = paypal_capture(None, "19.99", capture_id="REV-1", links=links)
+
+    handle(ctx, "paypal", "PAYMENT.CAPTURE.REVERSED", reversal)
+
+    assert order(ctx, order_id).status == "refunded"
+    assert refunds(ctx, order_id) == [("REV-1", 1999, "CAP-1")]
+
+
 def test_a_zero_decimal_currency_is_not_multiplied_by_a_hundred(ctx):
     order_id = make_order(total_cents=1500, currency="JPY")
 
@@ -172,14 +228,18 @@ def test_a_zero_decimal_currency_is_not_multiplied_by_a_hundred(ctx):
 def test_a_paypal_amount_that_is_not_a_number_is_a_permanent_error(ctx):
     order_id = make_order(total_cents=1500)
 
-    with pytest.raises(PermanentError, match="not a number"):
+    with pytest.raises(InvalidAmount, match="not a plain decimal number") as raised:
         handle(ctx, "paypal", "PAYMENT.CAPTURE.COMPLETED", paypal_capture(order_id, "12,50"))
+
+    assert isinstance(processing.classify(raised.value), PermanentError)
 
 
 def test_every_registered_provider_event_type_has_a_test_here():
     tested = {("stripe", "payment_intent.succeeded"), ("stripe", "payment_intent.payment_failed"),
               ("stripe", "charge.refunded"), ("stripe", "charge.dispute.created"),
+              ("stripe", "refund.created"), ("stripe", "refund.updated"),
+              ("stripe", "refund.failed"), ("stripe", "charge.refund.updated"),
               ("paypal", "PAYMENT.CAPTURE.COMPLETED"), ("paypal", "PAYMENT.CAPTURE.DENIED"),
-              ("paypal", "PAYMENT.CAPTURE.REFUNDED")}
+              ("paypal", "PAYMENT.CAPTURE.REFUNDED"), ("paypal", "PAYMENT.CAPTURE.REVERSED")}
 
     assert {key for key in handlers.registered() if not key[1].startswith("test.")} == tested

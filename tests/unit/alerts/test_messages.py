@@ -45,7 +45,8 @@ def test_an_opening_notice_says_severity_figures_since_runbook_command_and_how_t
     assert "flask runbook run payment_processing_failure\n" in body
     assert "flask runbook run payment_processing_failure --execute" in body
     assert 'flask incidents ack 42 --reason "..."' in body
-    assert "POST https://racine.example/api/admin/incidents/42/ack" in body
+    assert ("POST https://racine.example/api/admin/incidents/42/ack with an operator's token "
+            'and the JSON body {"reason": "..."}') in body
 
 
 def test_the_sms_form_keeps_severity_figures_since_runbook_and_ack_in_one_short_text():

@@ -9,9 +9,10 @@ import requests
 from werkzeug.datastructures import Headers
 
 from service.webhooks import paypal
-from service.webhooks.exceptions import MalformedEvent, SignatureError
+from service.webhooks.exceptions import MalformedEvent, SignatureError, VerificationUnavailable
 from service.webhooks.paypal import PayPalVerifier, download_certificate
-from tests.support.paypal_keys import make_certificate, sign_delivery
+from tests.support.crc import crc32_twin
+from tests.support.paypal_keys import make_ca, make_certificate, sign_delivery
 
 WEBHOOK_ID = "WH-TEST-0001"
 CERT_URL = "https://api.paypal.com/v1/notifications/certs/CERT-360caa42-fca2a594-test"
@@ -37,8 +38,27 @@ class FakeFetcher:
 
 
 @pytest.fixture(scope="module")
-def signing_pair():
-    return make_certificate()
+def authority():
+    """The root the verifier trusts (as PAYPAL_CA_BUNDLE), and that signs the certificates."""
+    return make_ca()
+
+
+@pytest.fixture(scope="module")
+def ca_bundle(authority, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ca") / "bundle.pem"
+    path.write_bytes(authority.pem)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _trust(ca_bundle, monkeypatch):
+    """Every verifier made here trusts the test root unless a test says otherwise."""
+    monkeypatch.setitem(DEFAULTS, "ca_bundle", ca_bundle)
+
+
+@pytest.fixture(scope="module")
+def signing_pair(authority):
+    return make_certificate(issuer=authority)
 
 
 @pytest.fixture
@@ -51,8 +71,12 @@ def fetcher(signing_pair):
     return FakeFetcher({CERT_URL: signing_pair[1]})
 
 
+DEFAULTS: dict = {}
+
+
 def make_verifier(fetcher, **overrides) -> PayPalVerifier:
-    options = {"webhook_id": WEBHOOK_ID, "allowed_hosts": ALLOWED_HOSTS, "fetcher": fetcher}
+    options = {"webhook_id": WEBHOOK_ID, "allowed_hosts": ALLOWED_HOSTS, "fetcher": fetcher,
+               "tolerance": 0, **DEFAULTS}
     options.update(overrides)
     return PayPalVerifier(**options)
 
@@ -149,8 +173,8 @@ def test_tampered_transmission_id_is_rejected(key, fetcher):
         make_verifier(fetcher).verify(BODY, headers)
 
 
-def test_signature_from_another_key_is_rejected(fetcher):
-    other_key, _ = make_certificate()
+def test_signature_from_another_key_is_rejected(fetcher, authority):
+    other_key, _ = make_certificate(issuer=authority)
 
     with pytest.raises(SignatureError, match="signature does not match"):
         make_verifier(fetcher).verify(BODY, signed(other_key))
@@ -199,22 +223,57 @@ def test_disallowed_host_gives_a_short_reason(key):
 
 def test_exact_host_entry_allows_only_that_host(signing_pair):
     key, pem = signing_pair
-    exact_url = "https://API.PayPal.com/cert.pem"
-    fetcher = FakeFetcher({exact_url: pem})
+    fetcher = FakeFetcher({CERT_URL: pem})
     verifier = make_verifier(fetcher, allowed_hosts=["api.paypal.com"])
+    exact_url = CERT_URL.replace("api.paypal.com", "API.PayPal.com")
 
     assert verifier.verify(BODY, signed(key, cert_url=exact_url)).event_id == "WH-EVENT-1"
     with pytest.raises(SignatureError, match="certificate host not allowed"):
-        verifier.verify(BODY, signed(key, cert_url="https://x.api.paypal.com/cert.pem"))
-    assert [url for url, _ in fetcher.calls] == [exact_url]
+        verifier.verify(BODY, signed(key, cert_url=CERT_URL.replace("api.", "x.api.")))
+    assert [url for url, _ in fetcher.calls] == [CERT_URL]  # fetched as normalised
 
 
-def test_explicit_default_port_is_allowed(signing_pair):
+def test_explicit_default_port_is_allowed_and_normalised_away(signing_pair):
     key, pem = signing_pair
-    url = "https://api.paypal.com:443/cert.pem"
-    fetcher = FakeFetcher({url: pem})
+    url = CERT_URL.replace("api.paypal.com", "api.paypal.com:443")
+    fetcher = FakeFetcher({CERT_URL: pem})
+    verifier = make_verifier(fetcher)
 
-    assert make_verifier(fetcher).verify(BODY, signed(key, cert_url=url)).event_id == "WH-EVENT-1"
+    assert verifier.verify(BODY, signed(key, cert_url=url)).event_id == "WH-EVENT-1"
+    assert verifier.verify(BODY, signed(key)).event_id == "WH-EVENT-1"
+    assert [url for url, _ in fetcher.calls] == [CERT_URL]  # one cache entry for both
+
+
+def test_host_entry_with_a_port_allows_that_port_only(signing_pair):
+    key, pem = signing_pair
+    url = "https://127.0.0.1:8443/v1/notifications/certs/CERT-LOCAL"
+    fetcher = FakeFetcher({url: pem})
+    verifier = make_verifier(fetcher, allowed_hosts=["127.0.0.1:8443"])
+
+    assert verifier.verify(BODY, signed(key, cert_url=url)).event_id == "WH-EVENT-1"
+    for other in (url.replace(":8443", ":8444"), url.replace(":8443", "")):
+        with pytest.raises(SignatureError, match="certificate host not allowed"):
+            verifier.verify(BODY, signed(key, cert_url=other))
+
+
+@pytest.mark.parametrize(("cert_url", "reason"), [
+    (CERT_URL + "?x=1", "query or fragment"),
+    (CERT_URL + "?", "query or fragment"),
+    (CERT_URL + "#frag", "query or fragment"),
+    ("https://api.paypal.com/cert.pem", "not under the certificate path"),
+    ("https://api.paypal.com/v1/notifications/certs/", "not under the certificate path"),
+    ("https://api.paypal.com/v1/notifications/certs/../../v2/x", "not under the certificate path"),
+    ("https://api.paypal.com/v1/notifications/certs/a/b", "not under the certificate path"),
+    ("https://api.paypal.com/v1/notifications/certs/%2e%2e", "not under the certificate path"),
+    ("https://api.paypal.com/v1/notifications/certsX/CERT-1", "not under the certificate path"),
+    ("https://api.paypal.com/V1/notifications/certs/CERT-1", "not under the certificate path"),
+])
+def test_certificate_url_must_be_a_plain_path_under_the_certificate_path(key, cert_url, reason):
+    fetcher = FakeFetcher()
+
+    with pytest.raises(SignatureError, match=reason):
+        make_verifier(fetcher).verify(BODY, signed(key, cert_url=cert_url))
+    assert fetcher.calls == []
 
 
 def test_allow_list_entry_matching_every_host_is_refused():
@@ -232,8 +291,8 @@ def test_empty_webhook_id_is_refused():
         PayPalVerifier(webhook_id="", allowed_hosts=ALLOWED_HOSTS)
 
 
-def test_expired_certificate_is_rejected():
-    key, pem = make_certificate(not_before_offset_days=-10, days_valid=5)
+def test_expired_certificate_is_rejected(authority):
+    key, pem = make_certificate(not_before_offset_days=-10, days_valid=5, issuer=authority)
 
     with pytest.raises(SignatureError, match="certificate expired"):
         make_verifier(FakeFetcher({CERT_URL: pem})).verify(BODY, signed(key))
@@ -250,8 +309,8 @@ def test_cached_certificate_is_rejected_once_it_expires(monkeypatch, key, fetche
     assert len(fetcher.calls) == 1
 
 
-def test_not_yet_valid_certificate_is_rejected():
-    key, pem = make_certificate(not_before_offset_days=1)
+def test_not_yet_valid_certificate_is_rejected(authority):
+    key, pem = make_certificate(not_before_offset_days=1, issuer=authority)
 
     with pytest.raises(SignatureError, match="certificate not yet valid"):
         make_verifier(FakeFetcher({CERT_URL: pem})).verify(BODY, signed(key))
@@ -367,37 +426,129 @@ def test_certificate_is_fetched_once_for_many_verifications(key, fetcher):
     assert len(fetcher.calls) == 1
 
 
-def test_fetch_failure_is_a_signature_error_without_details(key):
-    secret_path = "https://api.paypal.com/secret-path-from-sender"
+def test_fetch_failure_asks_for_another_delivery_without_details(key):
+    secret_path = "https://api.paypal.com/v1/notifications/certs/secret-name-from-sender"
     fetcher = FakeFetcher(error=requests.ConnectionError(f"cannot reach {secret_path}"))
 
-    with pytest.raises(SignatureError) as excinfo:
+    with pytest.raises(VerificationUnavailable) as excinfo:
         make_verifier(fetcher).verify(BODY, signed(key, cert_url=secret_path))
 
-    assert excinfo.value.reason == "certificate could not be fetched"
+    assert excinfo.value.status_code == 503  # the provider delivers again; never a 400
+    assert excinfo.value.retry_after
+    assert excinfo.value.reason == "certificate could not be fetched; deliver again"
     assert excinfo.value.__cause__ is None
     assert excinfo.value.__suppress_context__
 
 
-def test_failed_fetch_is_not_cached(signing_pair):
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_fetch_is_remembered_for_a_short_while(signing_pair):
     key, pem = signing_pair
     fetcher = FakeFetcher(error=requests.Timeout("slow"))
-    verifier = make_verifier(fetcher)
-    with pytest.raises(SignatureError, match="certificate could not be fetched"):
-        verifier.verify(BODY, signed(key))
+    clock = Clock()
+    verifier = make_verifier(fetcher, failure_ttl=30, clock=clock)
+    for _ in range(3):
+        with pytest.raises(VerificationUnavailable, match="certificate could not be fetched"):
+            verifier.verify(BODY, signed(key))
+    assert len(fetcher.calls) == 1  # a burst against a dead host costs one fetch
 
     fetcher.error = None
     fetcher.certs[CERT_URL] = pem
+    clock.now += 31
 
     assert verifier.verify(BODY, signed(key)).event_id == "WH-EVENT-1"
     assert len(fetcher.calls) == 2
 
 
-def test_unparsable_fetched_certificate_is_rejected(key):
+def test_certificate_fetches_are_rate_limited(signing_pair):
+    key, pem = signing_pair
+    urls = [f"{CERT_URL}-{n}" for n in range(3)]
+    fetcher = FakeFetcher(dict.fromkeys(urls, pem))
+    verifier = make_verifier(fetcher, fetches_per_minute=2)
+
+    for url in urls[:2]:
+        assert verifier.verify(BODY, signed(key, cert_url=url)).event_id == "WH-EVENT-1"
+    with pytest.raises(VerificationUnavailable, match="rate limited"):
+        verifier.verify(BODY, signed(key, cert_url=urls[2]))
+
+    assert [url for url, _ in fetcher.calls] == urls[:2]
+    # Cached certificates are not fetches: they still verify.
+    assert verifier.verify(BODY, signed(key, cert_url=urls[0])).event_id == "WH-EVENT-1"
+
+
+def test_unparsable_fetched_certificate_asks_for_another_delivery(key):
     fetcher = FakeFetcher({CERT_URL: b"<html>not a certificate</html>"})
 
-    with pytest.raises(SignatureError, match="certificate could not be fetched"):
+    with pytest.raises(VerificationUnavailable, match="certificate could not be fetched"):
         make_verifier(fetcher).verify(BODY, signed(key))
+
+
+# ---- the certificate chain and its subject ---------------------------------------------
+
+def test_self_signed_certificate_in_paypals_name_is_refused():
+    # Exactly what a forger makes: the right name, a key of their own, no chain.
+    forger_key, forged = make_certificate()
+    fetcher = FakeFetcher({CERT_URL: forged})
+
+    with pytest.raises(SignatureError, match="does not chain to a trusted root"):
+        make_verifier(fetcher).verify(BODY, signed(forger_key))
+
+
+def test_certificate_from_another_ca_is_refused():
+    other_key, other = make_certificate(issuer=make_ca("Some Other CA"))
+
+    with pytest.raises(SignatureError, match="does not chain to a trusted root"):
+        make_verifier(FakeFetcher({CERT_URL: other})).verify(BODY, signed(other_key))
+
+
+def test_trusted_certificate_with_another_subject_is_refused(authority):
+    key, pem = make_certificate(issuer=authority, common_name="api.paypal.com")
+
+    with pytest.raises(SignatureError, match="not PayPal's message-verification certificate"):
+        make_verifier(FakeFetcher({CERT_URL: pem})).verify(BODY, signed(key))
+
+
+def test_certificate_served_with_its_intermediate_chains_to_the_root(authority):
+    key, pem = make_certificate(issuer=authority.intermediate())
+
+    assert pem.count(b"BEGIN CERTIFICATE") == 2
+    assert make_verifier(FakeFetcher({CERT_URL: pem})).verify(BODY, signed(key)).event_id
+
+
+def test_certificate_served_without_its_intermediate_is_refused(authority):
+    key, pem = make_certificate(issuer=authority.intermediate())
+    leaf_only = pem[:pem.index(b"-----END CERTIFICATE-----") + 25]
+
+    with pytest.raises(SignatureError, match="does not chain to a trusted root"):
+        make_verifier(FakeFetcher({CERT_URL: leaf_only})).verify(BODY, signed(key))
+
+
+def test_sandbox_subject_is_accepted_only_when_configured(authority):
+    key, pem = make_certificate(issuer=authority,
+                                common_name="messageverificationcerts.sandbox.paypal.com")
+
+    with pytest.raises(SignatureError, match="not PayPal's message-verification"):
+        make_verifier(FakeFetcher({CERT_URL: pem})).verify(BODY, signed(key))
+    sandbox = make_verifier(FakeFetcher({CERT_URL: pem}), subjects=[
+        "messageverificationcerts.paypal.com", "messageverificationcerts.sandbox.paypal.com"])
+    assert sandbox.verify(BODY, signed(key)).event_id == "WH-EVENT-1"
+
+
+def test_refused_certificate_is_remembered_for_a_short_while():
+    forger_key, forged = make_certificate()
+    fetcher = FakeFetcher({CERT_URL: forged})
+    verifier = make_verifier(fetcher)
+
+    for _ in range(3):
+        with pytest.raises(SignatureError, match="does not chain"):
+            verifier.verify(BODY, signed(forger_key))
+    assert len(fetcher.calls) == 1
 
 
 def test_fetch_uses_the_configured_timeout(key, fetcher):
@@ -491,51 +642,55 @@ class _MemoryTransmissions:
         return self.seen.setdefault(transmission_id, digest) == digest
 
 
-def _crc_table():
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-def _forge_crc_suffix(data: bytes, target: int) -> bytes:
-    """Four bytes that, appended to `data`, make its CRC32 equal `target`."""
-    table = _crc_table()
-    by_top = {entry >> 24: index for index, entry in enumerate(table)}
-    indices, register = [], target ^ 0xFFFFFFFF
-    for _ in range(4):
-        index = by_top[register >> 24]
-        indices.append(index)
-        register = ((register ^ table[index]) << 8) & 0xFFFFFFFF
-    register = zlib.crc32(data) ^ 0xFFFFFFFF
-    suffix = bytearray()
-    for index in reversed(indices):
-        byte = (register ^ index) & 0xFF
-        suffix.append(byte)
-        register = (register >> 8) ^ table[index]
-    return bytes(suffix)
-
-
-def test_crc_twin_body_passes_the_bare_signature_but_not_the_transmission_log():
-    key, pem = make_certificate()
+def test_crc_twin_body_passes_the_bare_signature_but_not_the_transmission_log(authority,
+                                                                               ca_bundle):
+    key, pem = make_certificate(issuer=authority)
     body = json.dumps({"id": "WH-1", "event_type": "PAYMENT.CAPTURE.COMPLETED"}).encode()
-    forged_prefix = json.dumps({"id": "WH-FORGED", "event_type": "PAYMENT.CAPTURE.COMPLETED",
-                                "pad": ""}).encode()
-    forged = forged_prefix + _forge_crc_suffix(forged_prefix, zlib.crc32(body) & 0xFFFFFFFF)
+    forged = crc32_twin('{"id": "WH-FORGED", "event_type": "PAYMENT.CAPTURE.COMPLETED",'
+                        ' "pad": "{pad}"}', zlib.crc32(body))
     assert forged != body and zlib.crc32(forged) == zlib.crc32(body)
     headers = sign_delivery(key, body=body, webhook_id=WEBHOOK_ID, cert_url=CERT_URL)
 
     bare = PayPalVerifier(webhook_id=WEBHOOK_ID, allowed_hosts=[".paypal.com"],
-                          fetcher=lambda url, timeout: pem)
-    with pytest.raises(MalformedEvent):  # the signature itself accepted the forged body
-        bare.verify(forged, headers)
+                          fetcher=lambda url, timeout: pem, ca_bundle=ca_bundle)
+    # The signature alone accepts the forged event: it covers only the CRC32.
+    assert bare.verify(forged, headers).event_id == "WH-FORGED"
 
     guarded = PayPalVerifier(webhook_id=WEBHOOK_ID, allowed_hosts=[".paypal.com"],
-                             fetcher=lambda url, timeout: pem, transmissions=_MemoryTransmissions())
+                             fetcher=lambda url, timeout: pem, ca_bundle=ca_bundle,
+                             transmissions=_MemoryTransmissions())
     assert guarded.verify(body, headers).event_id == "WH-1"
     assert guarded.verify(body, headers).event_id == "WH-1"  # an honest redelivery
     with pytest.raises(SignatureError, match="replayed with a different body"):
         guarded.verify(forged, headers)
+
+
+def test_transmission_log_that_cannot_answer_makes_the_delivery_a_503(key, fetcher):
+    class DownLog:
+        def first_body(self, transmission_id, digest):
+            raise VerificationUnavailable("the transmission log cannot be checked now")
+
+    with pytest.raises(VerificationUnavailable) as excinfo:
+        make_verifier(fetcher, transmissions=DownLog()).verify(BODY, signed(key))
+    assert excinfo.value.status_code == 503
+
+
+def test_tolerance_is_on_by_default_and_wider_than_paypals_redeliveries(key, fetcher):
+    verifier = PayPalVerifier(webhook_id=WEBHOOK_ID, allowed_hosts=ALLOWED_HOSTS,
+                              fetcher=fetcher, **DEFAULTS)
+    now = datetime.now(UTC)
+
+    # PayPal retries a failed delivery for about 3 days with its first transmission time.
+    late = signed(key, transmission_time=_iso(now - timedelta(days=3, hours=12)))
+    assert verifier.verify(BODY, late).event_id == "WH-EVENT-1"
+    for moment in (now - timedelta(days=5), now + timedelta(hours=1)):
+        with pytest.raises(SignatureError, match="stale transmission time"):
+            verifier.verify(BODY, signed(key, transmission_time=_iso(moment)))
+
+
+@pytest.mark.parametrize("transmission_id", ["a" * 256, "id with space", "id\u00e9"])
+def test_transmission_id_must_be_a_plain_identifier(key, fetcher, transmission_id):
+    headers = signed(key, transmission_id=transmission_id.encode().decode("unicode_escape"))
+
+    with pytest.raises(SignatureError, match="malformed transmission headers"):
+        make_verifier(fetcher).verify(BODY, headers)
