@@ -41,14 +41,17 @@ QUEUE_RUNBOOK = "queue_overload"
 STOCK_RUNBOOK = "stock_sync_failure"
 
 # Signal kinds other domains raise, and the runbook for each. A signal may also name its
-# runbook in its details ("runbook"); a kind with neither gets an incident without one.
+# runbook in its details ("runbook"); a kind with neither gets an incident without one
+# (tests/unit/alerts/test_signal_kinds.py fails on a raised kind missing here). The money
+# rule's kinds (service/orders/money.py); a Stripe livemode mismatch is a permanent
+# failure, so it arrives as a webhook_failure signal.
 SIGNAL_RUNBOOKS = {
     "payment_underpaid": PAYMENT_RUNBOOK,
     "payment_currency_mismatch": PAYMENT_RUNBOOK,
     "payment_overpaid": PAYMENT_RUNBOOK,
     "refund_currency_mismatch": PAYMENT_RUNBOOK,
     "refund_exceeds_capture": PAYMENT_RUNBOOK,
-    "livemode_mismatch": PAYMENT_RUNBOOK,
+    # Kinds of later domains (loop detection, the ERP stock sync).
     "webhook_loop": LOOP_RUNBOOK,
     "duplicate_storm": LOOP_RUNBOOK,
     "erp_sync_failed": STOCK_RUNBOOK,

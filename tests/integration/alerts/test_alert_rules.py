@@ -207,21 +207,26 @@ def test_webhook_success_under_the_goal_over_the_last_hour_opens_a_p1(policy, su
         assert _channels_of_opening(found[0]) == P1_DELIVERIES
 
 
-@pytest.mark.parametrize("kind", ["payment_underpaid", "payment_currency_mismatch"])
-def test_an_underpayment_or_currency_mismatch_signal_opens_a_p1_with_its_figures(policy, kind):
+@pytest.mark.parametrize(("kind", "severity"), [
+    ("payment_underpaid", "P1"), ("payment_currency_mismatch", "P1"),
+    ("refund_currency_mismatch", "P1"), ("refund_exceeds_capture", "P1"),
+    ("payment_overpaid", "P2"),
+])
+def test_a_money_safety_signal_opens_an_incident_at_its_severity_with_the_payment_runbook(
+        policy, kind, severity):
     t0 = utcnow()
-    add_signals(1, kind=kind, severity="P1", at=t0, source="stripe:evt_1",
+    add_signals(1, kind=kind, severity=severity, at=t0, source="stripe:evt_1",
                 details={"order_id": 7, "paid_cents": 900, "total_cents": 1000})
 
     evaluate_at(t0)
-    evaluate_at(minutes(t0, 1))
+    evaluate_at(minutes(t0, 2))  # past the hold time (P1 1 min, P2 2 min)
 
     incident = _opened("signals")
-    assert (incident["key"], incident["severity"]) == (f"signals:{kind}", "P1")
+    assert (incident["key"], incident["severity"]) == (f"signals:{kind}", severity)
     assert incident["runbook"] == "payment_processing_failure"
     assert incident["details"]["latest"] == {"order_id": 7, "paid_cents": 900, "total_cents": 1000}
     assert incident["signal_count"] == 1
-    assert _channels_of_opening(incident) == P1_DELIVERIES
+    assert _channels_of_opening(incident) == (P1_DELIVERIES if severity == "P1" else [("slack", "")])
 
 
 # -- P2, P3 ------------------------------------------------------------------------------
