@@ -36,7 +36,8 @@ from tests.support.alerting import (
     notices,
     policy_app,
 )
-from tests.support.db import rows
+from tests.support.db import rows, scalar
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -317,3 +318,43 @@ def test_evaluations_running_at_the_same_moment_open_one_incident(policy):
     assert found[0]["occurrences"] == 4
     assert _kinds(found[0]["id"]) == ["opened"]
     assert CTO_PHONE in [target for _, target in deliveries(notices(found[0]["id"])[0]["id"])]
+
+
+def test_a_responder_acknowledging_while_the_evaluation_resolves_never_deadlocks(policy):
+    """The responder holds its incident's row, then needs the audit chain; the evaluation
+    resolving an earlier rule's incident needs the chain, then a later rule's rows. With
+    the evaluation taking every active row first, the responder finishes and the
+    evaluation follows (without it, PostgreSQL would break a deadlock by failing one)."""
+    t0 = utcnow()
+    add_events(5, status="failed", received_at=t0)
+    add_signals(1, kind="payment_underpaid", severity="P1", at=t0)
+    evaluate_at(t0)  # the P0 failure streak opens
+    add_events(1, status="processed", received_at=minutes(t0, 1), processed_at=minutes(t0, 1))
+    evaluate_at(minutes(t0, 2))  # the streak clears; the P1 signal incident opens
+    streak = incidents(rule="payment_failure_streak")[0]["id"]
+    held = incidents(rule="signals")[0]["id"]
+    errors = []
+
+    def evaluation():
+        with policy.app_context():
+            try:
+                evaluate_at(minutes(t0, 8))  # clear for 6 min: the streak resolves
+            except Exception as exc:  # surfaced by the assertion below
+                errors.append(exc)
+
+    db.session.execute(text("SELECT id FROM incidents WHERE id = :id FOR UPDATE"), {"id": held})
+    thread = threading.Thread(target=evaluation)
+    thread.start()
+    wait_until(lambda: scalar("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                              "'Lock' AND datname = current_database()"),
+               10, "the evaluation waiting on the responder's incident")
+    acknowledge(held, actor=Actor(label="cli:alice"), reason="on it")
+    db.session.commit()
+    thread.join(timeout=30)
+
+    assert errors == []
+    assert {i["id"]: i["status"] for i in incidents()} == {streak: "resolved",
+                                                           held: "acknowledged"}
+    assert [(r["action"], r["entity_id"]) for r in rows(
+        "SELECT action, entity_id FROM audit_logs ORDER BY id")] == \
+        [("incident.acknowledge", str(held)), ("incident.resolve", str(streak))]
