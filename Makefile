@@ -9,7 +9,8 @@
 #                a Locust scenario against a fresh stack, checked end to end
 #   make bench   the benchmark: the pipeline against the bare stack
 #   make lint    ruff only
-#   make venv    create .venv and install the project with its test extras
+#   make venv    create .venv, install the project with its test extras, and the
+#                Jupyter kernel "racine" the runbook notebooks run in
 #
 # Needs make and Python 3.11+ (and, on a bare Debian, root to apt-get what is missing).
 
@@ -51,6 +52,7 @@ $(VENV)/bin/pip:
 $(STAMP): $(PROJECT_FILES) | $(VENV)/bin/pip
 	$(VENV_PY) -m pip install --upgrade pip
 	$(VENV_PY) -m pip install -e '.[test]'
+	$(VENV_PY) -m ipykernel install --prefix $(VENV) --name racine --display-name "Racine (.venv)"
 	@touch $@
 
 lint: venv
