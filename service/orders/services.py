@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, func, select
 from sqlalchemy.exc import IntegrityError
@@ -547,6 +547,18 @@ def order_details(order_id: int) -> dict:
 def refunded_cents(order_id: int) -> int:
     """The order's succeeded refunds, in minor units of its currency."""
     return db.session.scalar(select(Order.refunded_cents).where(Order.id == order_id)) or 0
+
+
+@not_critical("reads")
+def stuck_pending_orders(*, older_than: datetime, limit: int = 20) -> dict:
+    """Orders still pending that were created before `older_than`: how many, and the
+    oldest `limit` of them (id, total, created at), for the payment runbook."""
+    stuck = (Order.status == states.PENDING, Order.created_at < older_than)
+    count = db.session.scalar(select(func.count()).select_from(Order).where(*stuck)) or 0
+    oldest = db.session.execute(
+        select(Order.id, Order.total_cents, Order.currency, Order.created_at)
+        .where(*stuck).order_by(Order.created_at, Order.id).limit(limit)).all()
+    return {"count": count, "oldest": [row._asdict() for row in oldest]}
 
 
 @not_critical("creates a pending order; no money moves until it is paid")

@@ -10,6 +10,7 @@ the service acknowledge an event that is not stored.
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 
@@ -52,6 +53,10 @@ class DedupCache:
         except redis.RedisError:
             pass
 
+    def note_duplicate(self, provider: str, event_id: str) -> None:
+        """Count a duplicate delivery for the webhook loop runbook; best effort."""
+        note_duplicate(self._client, provider, event_id, now=time.time())
+
     def release(self, provider: str, event_id: str) -> None:
         """Forget a pending claim whose row could not be stored, so a redelivery is not delayed."""
         try:
@@ -68,3 +73,27 @@ def _set_unless_present(client: redis.Redis, key: str, value, ttl: int) -> bytes
         if client.set(key, value, nx=True, ex=ttl):
             return None
         return client.get(key)
+
+
+# Duplicate deliveries per event id, in 5-minute buckets kept for a day: what the
+# webhook loop runbook reads to name the most repeated event ids. Counted only for
+# duplicates, so the first delivery of an event pays nothing for it.
+DUPLICATES_BUCKET_SECONDS = 300
+DUPLICATES_KEEP_SECONDS = 25 * 3600
+DUPLICATES_KEY = "racine:webhooks:duplicates:{bucket}"
+
+
+def duplicates_key(bucket: int) -> str:
+    return DUPLICATES_KEY.format(bucket=bucket)
+
+
+def note_duplicate(client: redis.Redis, provider: str, event_id: str, *, now: float) -> None:
+    """Count one duplicate delivery of (provider, event id); best effort."""
+    key = duplicates_key(int(now // DUPLICATES_BUCKET_SECONDS))
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.zincrby(key, 1, f"{provider}:{event_id}")
+        pipe.expire(key, DUPLICATES_KEEP_SECONDS)
+        pipe.execute()
+    except redis.RedisError:
+        pass

@@ -41,6 +41,7 @@ def accept_event(
     value it will never store (the verifier checks for those first; this is the net).
     """
     if dedup.seen_stored(event.provider, event.event_id):
+        dedup.note_duplicate(event.provider, event.event_id)
         return IntakeResult("duplicate", None)
     try:
         event_pk = _insert(event, request_id)
@@ -52,6 +53,7 @@ def accept_event(
         raise StorageUnavailable(type(exc).__name__) from exc
     if event_pk is None:
         dedup.mark_stored(event.provider, event.event_id)
+        dedup.note_duplicate(event.provider, event.event_id)
         return IntakeResult("duplicate", None)
     # The message and the de-duplication mark go in one round trip.
     queued = send_event(event_pk, also_set=dedup.stored_mark(event.provider, event.event_id))
