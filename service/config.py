@@ -151,6 +151,10 @@ def load_settings(instance_path: str) -> dict:
         "QUEUE_DEPTH_MAX": _env_int("QUEUE_DEPTH_MAX", 2000),
         "QUEUE_PUBLISH_HEADROOM": _env_int("QUEUE_PUBLISH_HEADROOM", 50),
         "ORDERS_RATE_LIMIT": _env_str("ORDERS_RATE_LIMIT", "100/minute"),
+        # Queue samples (depth, oldest wait, jobs per minute) for the runbooks' charts;
+        # 0 turns the beat entry off.
+        "QUEUE_SAMPLE_INTERVAL_SECONDS": _env_float("QUEUE_SAMPLE_INTERVAL_SECONDS", 60.0),
+        "QUEUE_SAMPLE_RETENTION_DAYS": _env_int("QUEUE_SAMPLE_RETENTION_DAYS", 7),
         **_alert_settings(),
         # Bootstrap only: accepted as an admin until the first active admin user exists.
         "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),

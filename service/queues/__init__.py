@@ -19,6 +19,10 @@ def init_app(app: Flask) -> None:
     register_metrics(app, QueueGauges(client=app.extensions["redis"], queues=lambda: queues(app)))
     interval = app.config["RELAY_INTERVAL_SECONDS"]
     # The default queue is declared last: housekeeping is listed after the domains' queues.
-    register(app, queue="default", routes={"queues.*": "default"},
-             beat={"outbox-relay": {"task": "queues.relay_outbox", "schedule": interval,
-                                    "options": {"expires": max(interval, 5.0)}}})
+    beat = {"outbox-relay": {"task": "queues.relay_outbox", "schedule": interval,
+                             "options": {"expires": max(interval, 5.0)}}}
+    sample_every = app.config["QUEUE_SAMPLE_INTERVAL_SECONDS"]
+    if sample_every > 0:
+        beat["queue-samples"] = {"task": "queues.record_samples", "schedule": sample_every,
+                                 "options": {"expires": sample_every}}
+    register(app, queue="default", routes={"queues.*": "default"}, beat=beat)

@@ -54,3 +54,26 @@ class SlowJob(db.Model):
             "threshold_seconds": self.threshold_seconds, "worker": self.worker,
             "started_at": iso(self.started_at), "args_summary": self.args_summary,
         }
+
+
+class QueueSample(db.Model):
+    """One queue's state at one minute: what the runbooks chart and the admin pages show.
+
+    Beat records a sample per queue every minute; samples older than
+    QUEUE_SAMPLE_RETENTION_DAYS are deleted by the same task.
+    """
+
+    __tablename__ = "queue_samples"
+    __table_args__ = (Index("ix_queue_samples_queue_sampled_at", "queue", "sampled_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(32))
+    sampled_at: Mapped[datetime] = mapped_column(index=True)
+    depth: Mapped[int]
+    oldest_wait_seconds: Mapped[float | None]  # None when the queue was empty
+    jobs_per_minute: Mapped[float]  # jobs finished in the last whole minute
+
+    def to_dict(self) -> dict:
+        return {"queue": self.queue, "sampled_at": iso(self.sampled_at), "depth": self.depth,
+                "oldest_wait_seconds": self.oldest_wait_seconds,
+                "jobs_per_minute": self.jobs_per_minute}
