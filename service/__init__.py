@@ -54,6 +54,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     _install_request_id(app)
 
     from service import accounts, admin, alerts, audit, erp, health, metrics, orders, queues, webhooks
+    from service import runbooks
 
     # Each domain registers its blueprints, CLI, tables, queue, routes and beat entries;
     # queues are listed (queue health, metrics) in the order their domains come here.
@@ -66,6 +67,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     orders.init_app(app)
     erp.init_app(app)
     queues.init_app(app)
+    runbooks.init_app(app)
     admin.init_app(app)
     celery_init_app(app)
     return app

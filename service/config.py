@@ -165,6 +165,19 @@ def load_settings(instance_path: str) -> dict:
         "AUDIT_PARTITION_CHECK_SECONDS": _env_float("AUDIT_PARTITION_CHECK_SECONDS", 6 * 3600.0),
         "AUDIT_ARCHIVE_DIR": _env_str("AUDIT_ARCHIVE_DIR",
                                       str(Path(instance_path) / "audit-archives")),
+        # Runbooks (notebooks/, run by `flask runbook run`): where executed notebooks go,
+        # the Jupyter kernel they run in (`make venv` installs "racine"), a cell's time limit.
+        "RUNBOOK_OUTPUT_DIR": _env_str("RUNBOOK_OUTPUT_DIR", str(Path(instance_path) / "runbooks")),
+        "RUNBOOK_KERNEL": _env_str("RUNBOOK_KERNEL", "racine"),
+        "RUNBOOK_CELL_TIMEOUT_SECONDS": _env_int("RUNBOOK_CELL_TIMEOUT_SECONDS", 900),
+        # Worker scaling (playbooks/scale_workers.yml through ansible-runner): the process
+        # layout it drives, the inventory, supervisord's files, a ceiling, extra variables.
+        "SCALING_LAYOUT": _env_str("SCALING_LAYOUT", "supervisord"),
+        "SCALING_INVENTORY": _env_str("SCALING_INVENTORY", ""),
+        "SCALING_MAX_WORKERS": _env_int("SCALING_MAX_WORKERS", 32),
+        "SCALING_EXTRA_VARS": _env_str("SCALING_EXTRA_VARS", "{}"),
+        "SUPERVISOR_CONFIG": _env_str("SUPERVISOR_CONFIG", "/etc/supervisor/supervisord.conf"),
+        "SUPERVISOR_PROGRAM_DIR": _env_str("SUPERVISOR_PROGRAM_DIR", "/etc/supervisor/conf.d"),
         # Provider refund calls (admin-initiated refunds).
         "STRIPE_API_KEY": os.environ.get("STRIPE_API_KEY") or None,
         "STRIPE_API_BASE": _env_str("STRIPE_API_BASE", "https://api.stripe.com"),

@@ -36,6 +36,7 @@ AUDITED_MODULES = [
     "service.accounts.services",
     "service.webhooks.replay",
     "service.alerts.services",
+    "service.runbooks.services",
 ]
 
 

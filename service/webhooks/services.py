@@ -9,10 +9,10 @@ import redis
 from flask import current_app
 from sqlalchemy import func, select, tuple_
 
-from service.alerts.services import Flow, Outcomes
+from service.alerts.services import Flow, Outcomes, raise_signal
 from service.clock import utcnow
 from service.extensions import db
-from service.webhooks.dedup import DUPLICATES_BUCKET_SECONDS, duplicates_key
+from service.webhooks.dedup import DUPLICATES_BUCKET_SECONDS, STORED, DedupCache, duplicates_key
 from service.webhooks.models import EventStatus, WebhookEvent, WebhookFailure
 
 OUTSTANDING = (EventStatus.RECEIVED, EventStatus.QUEUED, EventStatus.PROCESSING)
@@ -208,3 +208,41 @@ def stored_events(*, since: datetime, until: datetime | None = None,
     if provider:
         query = query.where(WebhookEvent.provider == provider)
     return db.session.scalar(query) or 0
+
+
+def event_statuses(event_pks: list[int]) -> dict[int, str]:
+    """The current status of each event (missing ids left out)."""
+    if not event_pks:
+        return {}
+    return dict(db.session.execute(select(WebhookEvent.id, WebhookEvent.status)
+                                   .where(WebhookEvent.id.in_(event_pks))).all())
+
+
+def pin_duplicates(events: list[tuple[str, str]], *, seconds: int) -> list[tuple[str, str]]:
+    """Keep the de-duplication mark of these stored (provider, event id) pairs for
+    `seconds`, so a provider redelivering them in a loop is answered from Redis without
+    touching the database. Only events whose row exists are marked: a Redis answer must
+    never acknowledge an event that is not stored. Returns the pairs marked."""
+    if not events:
+        return []
+    stored = [tuple(row) for row in db.session.execute(
+        select(WebhookEvent.provider, WebhookEvent.event_id)
+        .where(tuple_(WebhookEvent.provider, WebhookEvent.event_id).in_(events)))]
+    dedup: DedupCache = current_app.extensions["webhook_dedup"]
+    client: redis.Redis = current_app.extensions["redis"]
+    pipe = client.pipeline(transaction=False)
+    for provider, event_id in stored:
+        key, _value, _ttl = dedup.stored_mark(provider, event_id)
+        pipe.set(key, STORED, ex=seconds)
+    pipe.execute()
+    return stored
+
+
+def report_loop(*, repeated: list[dict], window: str) -> None:
+    """Raise the P2 `webhook_loop` signal for event ids a provider keeps redelivering,
+    in the caller's transaction: the escalation policy opens an incident that names them
+    and the webhook loop runbook."""
+    raise_signal(severity="P2", kind="webhook_loop", source="webhooks:duplicates",
+                 details={"window": window, "events": [
+                     {"provider": r["provider"], "event_id": r["event_id"],
+                      "duplicates": r["duplicates"]} for r in repeated[:20]]})
