@@ -53,8 +53,19 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     _install_request_id(app)
 
-    from service import accounts, admin, alerts, audit, erp, health, metrics, orders, queues, webhooks
-    from service import runbooks
+    from service import (
+        accounts,
+        admin,
+        alerts,
+        audit,
+        erp,
+        health,
+        metrics,
+        orders,
+        queues,
+        runbooks,
+        webhooks,
+    )
 
     # Each domain registers its blueprints, CLI, tables, queue, routes and beat entries;
     # queues are listed (queue health, metrics) in the order their domains come here.
