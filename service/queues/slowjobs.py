@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from flask import Flask, current_app
+from sqlalchemy import select
 
 from service.extensions import db
 from service.queues.models import SlowJob
@@ -70,3 +71,12 @@ def record_if_slow(*, task, task_id: str, queue: str | None, worker: str | None,
     log.warning("slow job", extra={"task": task.name, "task_id": task_id, "queue": queue,
                                    "duration_ms": round(runtime * 1000)})
     return job
+
+
+def recent_slow_jobs(*, since: datetime, queue: str | None = None, limit: int = 50) -> list[dict]:
+    """Slow jobs recorded since `since`, slowest first (for the queue overload runbook)."""
+    query = select(SlowJob).where(SlowJob.created_at >= since)
+    if queue is not None:
+        query = query.where(SlowJob.queue == queue)
+    return [job.to_dict() for job in db.session.scalars(
+        query.order_by(SlowJob.runtime_seconds.desc()).limit(limit))]
