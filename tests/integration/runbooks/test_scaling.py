@@ -1,0 +1,70 @@
+"""The scaling playbook against a real supervisord: it sets the worker count, a second
+run changes nothing, --check only says what would change, and scaling down works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.support.db import rows
+from tests.support.processes import VENV_BIN
+from tests.support.supervisor import Supervisor
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    supervisor = Supervisor(tmp_path / "supervisor").start()
+    yield supervisor
+    supervisor.stop()
+
+
+def _scale(app, *args):
+    with app.app_context():
+        result = app.test_cli_runner().invoke(args=["workers", "scale", *args, "--json"])
+    return result.exit_code, (json.loads(result.output) if result.output.startswith("{") else
+                              result.output)
+
+
+def test_the_playbook_scales_supervisord_programs_idempotently(clean, build_app, supervisor):
+    app = build_app(supervisor.settings())
+
+    code, first = _scale(app, "erp", "3", "--reason", "backlog")
+    assert code == 0, first
+    assert (first["before"], first["after"], first["changed"]) == (0, 3, True)
+    assert supervisor.running("erp") == ["racine-worker-erp-01", "racine-worker-erp-02",
+                                         "racine-worker-erp-03"]
+    pids = supervisor.pids("erp")
+
+    code, again = _scale(app, "erp", "3")
+    assert code == 0 and again["changed"] is False
+    assert supervisor.pids("erp") == pids  # nothing restarted
+
+    code, preview = _scale(app, "erp", "5", "--check")
+    assert code == 0 and (preview["before"], preview["after"], preview["changed"]) == (3, 5, True)
+    assert supervisor.running("erp") == sorted(pids)  # --check changed nothing
+
+    code, down = _scale(app, "erp", "1")
+    assert code == 0 and (down["before"], down["after"], down["changed"]) == (3, 1, True)
+    assert supervisor.running("erp") == ["racine-worker-erp-01"]
+    # The process kept is the one that ran before: scaling down stops only the extra ones.
+    assert supervisor.pids("erp") == {"racine-worker-erp-01": pids["racine-worker-erp-01"]}
+
+    with app.app_context():
+        audited = rows("SELECT entity_id, metadata, reason FROM audit_logs"
+                       " WHERE action = 'workers.scale' ORDER BY id")
+    assert [(r["entity_id"], json.loads(r["metadata"])["after"]) for r in audited] == \
+        [("erp", {"workers": 3}), ("erp", {"workers": 1})]
+
+
+def test_a_queue_that_does_not_exist_is_refused_before_ansible_runs(clean):
+    code, output = _scale(clean, "nosuchqueue", "2")
+    assert code == 3
+    assert "no queue 'nosuchqueue'" in output
+
+
+def test_ansible_lint_passes_on_the_playbooks():
+    result = subprocess.run([str(VENV_BIN / "ansible-lint"), "--offline", "playbooks/"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
