@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class Runbook:
         from papermill import inspect_notebook
 
         found = inspect_notebook(str(self.path))
-        return {name: Parameter(name, p["inferred_type_name"], p["default"], p["help"])
+        return {name: Parameter(name, _type_of(p), p["default"], p["help"])
                 for name, p in found.items()}
 
     def coerce(self, given: dict[str, str]) -> dict:
@@ -58,6 +59,17 @@ class Runbook:
                 raise BadParameter(f"{self.name} has no parameter {name!r} (it takes: {known})")
             values[name] = _convert(name, raw, declared[name].type)
         return values
+
+
+def _type_of(declared: dict) -> str:
+    """The declared type (an annotation), else the type of the default's literal value."""
+    if declared["inferred_type_name"] not in ("None", None):
+        return declared["inferred_type_name"]
+    try:
+        value = ast.literal_eval(declared["default"])
+    except (ValueError, SyntaxError):
+        return "str"
+    return "str" if value is None else type(value).__name__
 
 
 def _convert(name: str, raw, kind: str):
