@@ -121,7 +121,7 @@ def run_sync(*, trigger: str, actor: Actor, task_id: str | None = None, may_retr
 
 
 def _outside_transaction() -> None:
-    if db.session.in_transaction():
+    if db.session().in_transaction():
         raise RuntimeError("the ERP is never called inside a database transaction")
 
 
