@@ -108,6 +108,13 @@ class ErpStandIn:
         self.server.shutdown()
         self.server.server_close()
 
+    def reset(self, catalogue: Catalogue | None = None) -> None:
+        """A new catalogue (empty by default), no failures pending, no requests seen."""
+        with self._lock:
+            self.catalogue = catalogue if catalogue is not None else Catalogue()
+            self._failures.clear()
+            self.requests.clear()
+
     def fail_next(self, kind: str, times: int = 1) -> None:
         """Answer the next `times` requests with `kind`: 500, 503, slow (sleeps
         `slow_seconds` first), malformed (200 with a body that is not JSON) or 401."""
