@@ -156,6 +156,7 @@ def load_settings(instance_path: str) -> dict:
         "QUEUE_SAMPLE_INTERVAL_SECONDS": _env_float("QUEUE_SAMPLE_INTERVAL_SECONDS", 60.0),
         "QUEUE_SAMPLE_RETENTION_DAYS": _env_int("QUEUE_SAMPLE_RETENTION_DAYS", 7),
         **_alert_settings(),
+        **_erp_settings(),
         # Bootstrap only: accepted as an admin until the first active admin user exists.
         "ADMIN_API_TOKENS": _env_list("ADMIN_API_TOKENS", ""),
         # A token's last use is written at most this often (each use would be a write).
@@ -258,6 +259,34 @@ def _alert_settings() -> dict:
         "ALERT_SEND_LEASE_SECONDS": _env_int("ALERT_SEND_LEASE_SECONDS", 300),
         # The report's goals.
         "ALERT_MTTR_GOAL_SECONDS": _env_severities("ALERT_MTTR_GOAL_SECONDS", "P1=1800"),
+    }
+
+
+def _erp_settings() -> dict:
+    """The ERP stock sync (service/erp): where the ERP is, how long to wait for it, how
+    often to sync, how to retry, and when the escalation policy calls it failing."""
+    return {
+        # Unset: no ERP; the beat entry is not registered and `flask erp sync` says so.
+        "ERP_API_URL": os.environ.get("ERP_API_URL") or None,
+        "ERP_API_TOKEN": os.environ.get("ERP_API_TOKEN") or None,
+        "ERP_CONNECT_TIMEOUT_SECONDS": _env_float("ERP_CONNECT_TIMEOUT_SECONDS", 5.0),
+        "ERP_READ_TIMEOUT_SECONDS": _env_float("ERP_READ_TIMEOUT_SECONDS", 30.0),
+        "ERP_PAGE_SIZE": _env_int("ERP_PAGE_SIZE", 200),
+        # 0 turns the beat entry off (sync with `flask erp sync`).
+        "ERP_SYNC_INTERVAL_SECONDS": _env_float("ERP_SYNC_INTERVAL_SECONDS", 300.0),
+        # Transient errors (unreachable, timeout, 5xx) are retried this many times, after
+        # backoff * 2^n seconds (capped); a refused token is not retried.
+        "ERP_SYNC_MAX_RETRIES": _env_int("ERP_SYNC_MAX_RETRIES", 3),
+        "ERP_SYNC_RETRY_BACKOFF": _env_float("ERP_SYNC_RETRY_BACKOFF", 30.0),
+        "ERP_SYNC_RETRY_BACKOFF_MAX": _env_float("ERP_SYNC_RETRY_BACKOFF_MAX", 300.0),
+        "ERP_SYNC_RETRY_JITTER": _env_bool("ERP_SYNC_RETRY_JITTER", True),
+        # A run still `running` this long after it started is taken for dead (its worker
+        # was killed): it is marked failed and no longer holds the next runs back.
+        "ERP_SYNC_STALE_SECONDS": _env_int("ERP_SYNC_STALE_SECONDS", 900),
+        # The "ERP sync failing" rule (P2): the last N finished runs all failed, or no
+        # run has succeeded for this long while the sync is not paused.
+        "ERP_ALERT_FAILED_RUNS": _env_int("ERP_ALERT_FAILED_RUNS", 3),
+        "ERP_ALERT_STALE_SECONDS": _env_int("ERP_ALERT_STALE_SECONDS", 1800),
     }
 
 

@@ -20,8 +20,8 @@ from sqlalchemy.exc import OperationalError
 
 from loadtests.stack import claim_redis_db
 
-# Fixtures shared by several modules (the provider stand-ins for refunds).
-pytest_plugins = ("tests.support.providers",)
+# Fixtures shared by several modules (the provider stand-ins for refunds, the ERP stand-in).
+pytest_plugins = ("tests.support.providers", "tests.support.erp")
 
 BASE_DATABASE_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 BASE_REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

@@ -26,6 +26,8 @@ from service.alerts.exceptions import AlertsError, IncidentNotFound, InvalidTran
 from service.audit.services import AuditFilter, list_logs
 from service.cli_utils import parse_duration, parse_time_point
 from service.clock import utcnow
+from service.erp import services as erp
+from service.erp.exceptions import ErpError, InvalidReason
 from service.extensions import db
 from service.orders import refunds
 from service.orders import services as orders
@@ -68,12 +70,16 @@ _ACCOUNTS_ERRORS = {
 }
 
 
+_ERP_ERRORS = {InvalidReason: (400, "validation_failed")}
+
+
 @bp.errorhandler(OrdersError)
 @bp.errorhandler(AccountsError)
 @bp.errorhandler(AlertsError)
+@bp.errorhandler(ErpError)
 def _domain_error(exc: Exception):
     db.session.rollback()
-    status, code = {**_ORDERS_ERRORS, **_ACCOUNTS_ERRORS, **_ALERTS_ERRORS}.get(
+    status, code = {**_ORDERS_ERRORS, **_ACCOUNTS_ERRORS, **_ALERTS_ERRORS, **_ERP_ERRORS}.get(
         type(exc), (422, "refused"))
     return error_response(status, code, str(exc))
 
@@ -300,6 +306,57 @@ def resolve_incident(incident_id: int, body: schemas.ResolveIn):
     found, changed = alerts.resolve(incident_id, actor=_actor(), reason=body.reason)
     db.session.commit()
     return jsonify({**found.to_dict(), "changed": changed})
+
+
+# ---- ERP stock sync ------------------------------------------------------------------
+
+@api.operation("GET", "/erp", summary="ERP stock sync: pause flag, last success, latest runs",
+               role=Role.VIEWER, tags=("erp",), query=schemas.ErpStatusQuery)
+def erp_status(query: schemas.ErpStatusQuery):
+    """What `flask erp status` shows: `paused` and `pause` (who, when, why), `next_since`,
+    `last_success`, and the latest `runs` (counts, unknown SKUs, error) newest first."""
+    return jsonify(erp.status(limit=query.limit))
+
+
+@api.operation("POST", "/erp/pause", summary="Pause the ERP stock sync", role=Role.OPERATOR,
+               tags=("erp",), body=schemas.ErpPauseIn,
+               responses={200: "Paused (`changed` false: it already was)"})
+def erp_pause(body: schemas.ErpPauseIn):
+    """Beat's runs and the retries of a failed one are skipped (and recorded as skipped)
+    until resumed; a run already fetching finishes. One audit row (`erp.pause`)."""
+    state, changed = erp.pause(actor=_actor(), reason=body.reason)
+    db.session.commit()
+    return jsonify({**state, "changed": changed})
+
+
+@api.operation("POST", "/erp/resume", summary="Resume the ERP stock sync", role=Role.OPERATOR,
+               tags=("erp",), body=schemas.ErpResumeIn,
+               responses={200: "Resumed (`changed` false: it was not paused)"})
+def erp_resume(body: schemas.ErpResumeIn):
+    """The next run continues from the last successful run's mark. One audit row
+    (`erp.resume`)."""
+    state, changed = erp.resume(actor=_actor(), reason=body.reason)
+    db.session.commit()
+    return jsonify({**state, "changed": changed})
+
+
+@api.operation("POST", "/erp/sync", summary="Sync stock from the ERP now (on the erp queue)",
+               role=Role.OPERATOR, tags=("erp",),
+               responses={202: "Enqueued: the erp workers run it (see GET /erp)",
+                          409: "The sync is paused, or no ERP is configured"})
+def erp_sync():
+    """Queues one `erp.sync_stock` run for the erp workers, with their retries; its run
+    appears in `GET /erp` with trigger `api` and this token's user as its actor."""
+    if not erp.status(limit=1)["configured"]:
+        raise ApiError(409, "erp_not_configured", "ERP_API_URL is not set: there is no ERP "
+                       "to sync with")
+    state = erp.pause_state()
+    if state["paused"]:
+        raise ApiError(409, "erp_paused", "the ERP sync is paused; resume it first",
+                       details=state)
+    erp.enqueue_sync(trigger="api", actor=_actor())
+    db.session.commit()
+    return jsonify(enqueued=True, queue="erp"), 202
 
 
 # ---- users and tokens ----------------------------------------------------------------

@@ -133,3 +133,16 @@ class AcknowledgeIn(Body):
 
 class ResolveIn(Body):
     reason: Reason = Field(description="What fixed it")
+
+
+class ErpStatusQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(default=10, ge=1, le=200, description="How many of the latest runs")
+
+
+class ErpPauseIn(Body):
+    reason: Reason = Field(description="Why the sync is paused (shown in status, audited)")
+
+
+class ErpResumeIn(Body):
+    reason: OptionalReason | None = Field(default=None, description="What changed")

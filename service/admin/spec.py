@@ -19,7 +19,7 @@ from service.admin.auth import authorize
 from service.admin.errors import ApiError
 
 _RULE_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
-_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Invalid request", 401: "No valid token",
+_STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 400: "Invalid request", 401: "No valid token",
                 403: "The token's role may not do this", 404: "Not found",
                 409: "Conflict", 422: "Refused by a business rule", 502: "Provider error"}
 

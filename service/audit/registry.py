@@ -36,6 +36,7 @@ AUDITED_MODULES = [
     "service.accounts.services",
     "service.webhooks.replay",
     "service.alerts.services",
+    "service.erp.services",
     "service.runbooks.services",
 ]
 
@@ -105,7 +106,8 @@ register_action(
 register_action(
     "product.stock_adjust", entity_type="product",
     description="A manual (or ERP) change of a product's stock",
-    entry_points=("POST /api/admin/products/<id>/stock-adjustments", "flask stock adjust"))
+    entry_points=("POST /api/admin/products/<id>/stock-adjustments", "flask stock adjust",
+                  "erp.sync_stock (system:erp)"))
 register_action(
     "payment_method.add", entity_type="customer",
     description="A payment method added to a customer",

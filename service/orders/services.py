@@ -695,6 +695,46 @@ def adjust_stock(*, product_id: int, delta: int, reason: str, actor: Actor,
     return StockOutcome(adjustment.to_dict(), created=True)
 
 
+@dataclass(frozen=True)
+class StockLevelOutcome:
+    sku: str
+    product_id: int
+    stock_before: int
+    stock_after: int
+    adjustment_id: int | None  # None when the stock already was at the level
+
+    @property
+    def changed(self) -> bool:
+        return self.adjustment_id is not None
+
+
+@critical("product.stock_adjust")
+def set_stock_level(*, sku: str, quantity: int, reason: str, actor: Actor) -> StockLevelOutcome:
+    """Bring a product's stock to `quantity` (the ERP's count); the caller commits.
+
+    The difference is computed under the product's lock and applied by `adjust_stock`,
+    so a set level is an ordinary adjustment with its own audit row; a product already
+    at the level is left alone (no row). Setting it again is harmless: a repeated or
+    overlapping sync changes nothing the second time. Raises ProductNotFound for an
+    unknown SKU and InvalidChange for a negative quantity.
+    """
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+        raise InvalidChange(f"a stock level is a whole number >= 0, got {quantity!r}")
+    product = db.session.scalar(select(Product).where(Product.sku == sku)
+                                .with_for_update().execution_options(populate_existing=True))
+    if product is None:
+        raise ProductNotFound(f"no product {sku!r}")
+    before = product.stock
+    if quantity == before:
+        return StockLevelOutcome(sku=sku, product_id=product.id, stock_before=before,
+                                 stock_after=before, adjustment_id=None)
+    outcome = adjust_stock(product_id=product.id, delta=quantity - before, reason=reason,
+                           actor=actor)
+    return StockLevelOutcome(sku=sku, product_id=product.id, stock_before=before,
+                             stock_after=outcome.adjustment["stock_after"],
+                             adjustment_id=outcome.adjustment["id"])
+
+
 @not_critical("reads products")
 def find_product(ref: str | int) -> Product:
     """A product by id or SKU."""

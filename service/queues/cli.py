@@ -46,7 +46,9 @@ def _show(as_json: bool) -> dict:
     for q in report["queues"]:
         limiter = q["limiter"]
         rows.append({
-            "queue": q["name"], "status": q["status"], "depth": q["depth"],
+            "queue": q["name"],
+            "status": f"{q['status']}, paused" if q.get("paused") else q["status"],
+            "depth": q["depth"],
             "oldest_wait_s": q["oldest_wait_seconds"], "jobs/min": q["jobs_per_minute"],
             "workers": q["consumers"], "failed_1h": q["failures_last_hour"],
             "slow_1h": q["slow_jobs_last_hour"], "in_db": q["waiting_in_database"],
@@ -54,6 +56,10 @@ def _show(as_json: bool) -> dict:
         })
     echo_table(rows, list(rows[0]))
     for q in report["queues"]:
+        if q.get("paused"):
+            pause = q["pause"] or {}
+            click.echo(f"  {q['name']}: PAUSED since {pause.get('paused_at')} by "
+                       f"{pause.get('paused_by')}: {pause.get('reason') or 'no reason given'}")
         for reason in q["reasons"]:
             click.echo(f"  {q['name']}: {reason}")
     click.echo(f"overall: {report['status'].upper()}  (warning above "

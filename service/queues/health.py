@@ -24,6 +24,7 @@ from service.queues.publishing import gate
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 _BACKLOGS = "racine.queue_backlogs"
+_PAUSES = "racine.queue_pauses"
 
 
 class QueueBacklog(Protocol):
@@ -40,6 +41,22 @@ def register_backlog(app: Flask, queue: str, backlog: QueueBacklog) -> None:
     """Let queue health count `queue`'s work that waits in another domain's tables;
     called from that domain's `init_app`, so this package imports none of its models."""
     app.extensions.setdefault(_BACKLOGS, {})[queue] = backlog
+
+
+class QueuePause(Protocol):
+    """What a domain whose queue can be paused tells queue health."""
+
+    def pause_state(self) -> dict | None:
+        """None while the queue's work runs; else when, by whom and why it was paused
+        (`paused_at`, `paused_by`, `reason`)."""
+
+
+def register_pause(app: Flask, queue: str, pause: QueuePause) -> None:
+    """Let queue health show `queue` as paused while `pause` says so; called from the
+    init_app of the domain that owns the flag."""
+    app.extensions.setdefault(_PAUSES, {})[queue] = pause
+
+
 EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2}
 _RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
 
@@ -57,6 +74,10 @@ class QueueReport:
     waiting_in_database: int
     limiter: dict | None
     reasons: list[str] = field(default_factory=list)
+    # A paused queue's jobs run and skip their work (the ERP sync): not a fault in itself,
+    # so the status is judged as for any queue.
+    paused: bool = False
+    pause: dict | None = None
 
 
 def queue_health() -> dict:
@@ -85,6 +106,7 @@ def queue_health() -> dict:
         select(OutboxJob.queue, func.count()).where(OutboxJob.status == "pending")
         .group_by(OutboxJob.queue)).all())
     backlogs = current_app.extensions.get(_BACKLOGS, {})
+    pauses = current_app.extensions.get(_PAUSES, {})
 
     reports = []
     per_queue = 5 + 60 + 1
@@ -105,6 +127,9 @@ def queue_health() -> dict:
             failures_last_hour=failed, slow_jobs_last_hour=slow.get(name, 0),
             waiting_in_database=waiting, limiter=_limiter_state(name),
         )
+        if name in pauses:
+            report.pause = pauses[name].pause_state()
+            report.paused = report.pause is not None
         _judge(report, cfg)
         reports.append(report)
     overall = max((r.status for r in reports), key=_RANK.__getitem__, default=OK)
