@@ -86,3 +86,19 @@ def queue_depth_and_wait(samples: list[dict], *, queue: str) -> None:
     wait.set_ylabel("oldest wait (s)", color="tab:red")
     ax.set_title(title)
     _time_axis(ax, fig)
+
+
+def sync_runs(runs: list[dict]) -> None:
+    """The ERP sync runs, oldest first: stock changes applied per run, failed runs marked."""
+    _fig, ax = plt.subplots(figsize=WIDE)
+    title = "ERP sync runs: stock changes applied (failed runs in red)"
+    if not runs:
+        _empty(ax, title, "no sync runs in the window")
+        return
+    labels = [f"#{r['id']}" for r in runs]
+    colours = ["tab:red" if r["status"] == "failed" else
+               "tab:green" if r["status"] == "succeeded" else "tab:gray" for r in runs]
+    ax.bar(labels, [max(r["applied"], 0.2) for r in runs], color=colours)
+    ax.set_title(title)
+    ax.set_ylabel("applied")
+    ax.set_xlabel("run")

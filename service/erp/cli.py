@@ -18,7 +18,6 @@ from flask.cli import AppGroup
 from service.audit.actor import Actor
 from service.cli_utils import echo_json, echo_table
 from service.erp import services
-from service.erp.client import HttpErpClient
 from service.erp.exceptions import ErpError, ErpNotConfigured, ErpUnavailable
 from service.erp.models import RunStatus, Trigger
 from service.extensions import db
@@ -79,12 +78,7 @@ def status_command(limit, check, as_json):
 
 
 def _check_health() -> dict:
-    try:
-        with HttpErpClient.from_config(current_app.config) as client:
-            answer = client.health()
-    except ErpError as exc:
-        return {"ok": False, "detail": str(exc), "error": type(exc).__name__}
-    return {"ok": True, "detail": str(answer.get("status", "answered"))[:100], "error": None}
+    return services.check_health()
 
 
 @cli.command("pause")

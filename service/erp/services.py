@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from service.alerts.services import raise_signal
 from service.audit.actor import Actor
 from service.audit.registry import critical, not_critical, register_action
 from service.audit.services import record
@@ -183,3 +184,27 @@ def enqueue_sync(*, trigger: str, actor: Actor) -> None:
     if trigger not in Trigger.ALL:
         raise ValueError(f"trigger must be one of {Trigger.ALL}, got {trigger!r}")
     outbox.add_jobs([(SYNC_TASK, [trigger, actor.label])], queue="erp")
+
+
+@not_critical("asks the ERP's /health with the configured token; changes nothing")
+def check_health() -> dict:
+    """Whether the ERP answers, with our token: {"ok", "detail", "error"}, where `error`
+    is the exception class (`ErpCredentialsRejected` for a refused token, `ErpTimeout`,
+    `ErpServerError`, `ErpNotConfigured`, ...). No transaction is needed around it."""
+    from service.erp.client import HttpErpClient
+    from service.erp.exceptions import ErpError
+
+    try:
+        with HttpErpClient.from_config(current_app.config) as client:
+            answer = client.health()
+    except ErpError as exc:
+        return {"ok": False, "detail": str(exc), "error": type(exc).__name__}
+    return {"ok": True, "detail": str(answer.get("status", "answered"))[:100], "error": None}
+
+
+@not_critical("a symptom for the escalation policy; the signal row is its record")
+def raise_sync_alert(*, title: str, details: dict) -> None:
+    """Raise an `erp_sync_failed` signal (P2) in the caller's transaction; the ERP sync
+    failing rule folds it into its incident (runbook `stock_sync_failure`)."""
+    raise_signal(severity="P2", kind="erp_sync_failed", source="erp:stock",
+                 details={"title": title[:200], **details})
