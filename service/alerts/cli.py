@@ -15,7 +15,7 @@ from service.alerts.exceptions import AlertsError, IncidentNotFound, InvalidTran
 from service.alerts.models import SEVERITIES, AlertDelivery, IncidentStatus
 from service.alerts.notify import deliver, notify_test
 from service.alerts.report import incident_report
-from service.alerts.rules import registered_rules
+from service.alerts.rules import registered_rules, runbook_command
 from service.alerts.services import acknowledge, incident_detail, list_incidents, resolve
 from service.audit.services import Actor
 from service.cli_utils import Duration, echo_json, echo_table
@@ -144,8 +144,8 @@ def show_command(incident_id, as_json):
     for key, value in sorted(details.items()):
         click.echo(f"                     {key}: {value}")
     if data["runbook"]:
-        click.echo(f"             runbook: flask runbook run {data['runbook']}  (add --execute "
-                   "to apply the fix)")
+        command = runbook_command(data["runbook"], data["subject"])
+        click.echo(f"             runbook: {command}  (add --execute to apply the fix)")
     click.echo(f"            notices: {len(notifications)}")
     for note in notifications:
         click.echo(f"  #{note['id']} {note['kind']} at {note['created_at']} (level {note['level']})")

@@ -32,6 +32,7 @@ from service.alerts.models import (
     DeliveryStatus,
     Incident,
 )
+from service.alerts.rules import runbook_command
 from service.clock import utcnow
 from service.extensions import db
 from service.fastsql import Statement, fetch_one
@@ -96,9 +97,10 @@ def compose(incident: Incident, *, kind: str, level: int, config, now: datetime,
     lines.append("Figures:")
     lines += [f"  {name}: {_figure(value)}" for name, value in sorted(incident.figures.items())]
     if incident.runbook:
+        command = runbook_command(incident.runbook, incident.subject or "")
         lines += [f"Runbook: {incident.runbook}",
-                  f"  diagnose: flask runbook run {incident.runbook}",
-                  f"  apply the fix: flask runbook run {incident.runbook} --execute"]
+                  f"  diagnose: {command}",
+                  f"  apply the fix: {command} --execute"]
     else:
         lines.append(f"Runbook: none for this incident type; see flask incidents show {incident.id}")
     if kind != "resolved":
@@ -111,7 +113,8 @@ def compose(incident: Incident, *, kind: str, level: int, config, now: datetime,
     figures = ", ".join(f"{k}={_figure(v)}" for k, v in sorted(incident.figures.items())
                         if not isinstance(v, dict | list))
     short = (f"{title}. {figures}. Since {_clock(incident.condition_since)}. "
-             + (f"Runbook: flask runbook run {incident.runbook}. " if incident.runbook else "")
+             + (f"Runbook: {runbook_command(incident.runbook, incident.subject or '')}. "
+                if incident.runbook else "")
              + ("" if kind == "resolved" else f"Ack: flask incidents ack {incident.id}"))
     return Message(title=title[:255], body="\n".join(lines), short_body=short.strip())
 

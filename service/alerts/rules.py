@@ -59,6 +59,20 @@ SIGNAL_RUNBOOKS = {
 _RUNBOOK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
+# The runbook parameter an incident's subject fills in, so the command a notice prints
+# looks at what the incident is about (a backlog on `orders` runs the queue runbook on
+# `orders`, not on its default queue).
+SUBJECT_PARAMETERS = {QUEUE_RUNBOOK: "queue"}
+
+
+def runbook_command(runbook: str, subject: str = "") -> str:
+    """The command that runs `runbook` for an incident about `subject`."""
+    parameter = SUBJECT_PARAMETERS.get(runbook)
+    if parameter and subject and re.match(r"^[A-Za-z0-9_.:-]{1,64}$", subject):
+        return f"flask runbook run {runbook} -p {parameter} {subject}"
+    return f"flask runbook run {runbook}"
+
+
 def runbook_for(kind: str, details: dict) -> str:
     named = details.get("runbook")
     if isinstance(named, str) and _RUNBOOK_NAME.match(named):

@@ -52,30 +52,30 @@ def test_queue_runbook_finds_the_deep_queue_and_execute_scales_its_workers(
     _env(monkeypatch, settings)
     app = build_app(settings)
     with app.app_context():
-        assert app.test_cli_runner().invoke(args=["workers", "scale", "erp", "1"]).exit_code == 0
         _flood(app.extensions["redis"], "erp", 120, waited=30)
         record_samples()
         db.session.commit()
 
-    code, dry = run_runbook(app, "queue_overload", "-p", "queue", "erp", "-p", "max_workers", "4")
+    code, dry = run_runbook(app, "queue_overload", "-p", "max_workers", "4")
 
     summary = dry["summary"]
     assert (code, dry["status"]) == (1, "problem"), dry
-    assert summary["figures"]["depth"] == 120 and summary["figures"]["workers_now"] == 1
-    assert summary["decision"] == "scale erp from 1 to 2 worker processes"
-    assert supervisor.running("erp") == ["racine-worker-erp-01"]
+    assert summary["parameters"]["queue"] == "erp"  # the deepest queue, found by itself
+    assert summary["figures"]["depth"] == 120 and summary["figures"]["workers_now"] == 0
+    assert summary["decision"] == "scale erp from 0 to 2 worker processes"
+    assert supervisor.running("erp") == []
 
     code, done = run_runbook(app, "queue_overload", "-p", "queue", "erp", "-p", "workers", "3",
                              "--execute")
 
     assert (code, done["status"]) == (0, "ok"), done
-    assert done["summary"]["actions"] == [{"action": "workers.scale", "queue": "erp", "before": 1,
+    assert done["summary"]["actions"] == [{"action": "workers.scale", "queue": "erp", "before": 0,
                                            "after": 3, "layout": "supervisord", "changed": True}]
     assert supervisor.running("erp") == [f"racine-worker-erp-0{n}" for n in (1, 2, 3)]
     with app.app_context():
         assert [json.loads(r["metadata"])["after"] for r in rows(
             "SELECT metadata FROM audit_logs WHERE action = 'workers.scale' ORDER BY id")] == \
-            [{"workers": 1}, {"workers": 3}]
+            [{"workers": 3}]
 
     # The backlog clears: the same runbook scales back down to the baseline.
     app.extensions["redis"].delete("erp")
