@@ -320,6 +320,29 @@ def evaluation_resolve(app, env):
         return "incident", report.resolved[0], "system:alerts", False
 
 
+def cli_runbook_execute(app, env):
+    """An execute-mode run on empty tables: nothing to fix, but the run is audited."""
+    app.config["RUNBOOK_OUTPUT_DIR"] = str(env["tmp_path"] / "runs")
+    result = _cli(app, "runbook", "run", "webhook_loop_detected", "--execute", "--json")
+    return "runbook_run", json.loads(result.output)["run_id"], "cli:", False
+
+
+def cli_workers_scale(app, env):
+    from tests.support.supervisor import Supervisor
+
+    supervisor = Supervisor(env["tmp_path"] / "supervisor").start()
+    try:
+        saved = {key: app.config[key] for key in supervisor.settings()}
+        app.config.update(supervisor.settings())
+        try:
+            _cli(app, "workers", "scale", "erp", "1", "--reason", "coverage")
+        finally:
+            app.config.update(saved)
+    finally:
+        supervisor.stop()
+    return "worker_pool", "erp", "cli:", False
+
+
 DRIVERS = {
     "order.refund": {
         "POST /api/admin/orders/<id>/refunds": api_refund,
@@ -351,6 +374,8 @@ DRIVERS = {
     "token.revoke": {"flask tokens revoke": cli_token_revoke,
                      "DELETE /api/admin/tokens/<id>": api_token_revoke},
     "audit.archive": {"flask audit archive": cli_archive},
+    "runbook.execute": {"flask runbook run --execute": cli_runbook_execute},
+    "workers.scale": {"flask workers scale": cli_workers_scale},
     "incident.acknowledge": {
         "POST /api/admin/incidents/<id>/ack": _incident_api("ack", {"reason": "looking"}),
         "flask incidents ack": _incident_cli("ack", "--reason", "looking")},
