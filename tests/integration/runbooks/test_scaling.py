@@ -68,3 +68,17 @@ def test_ansible_lint_passes_on_the_playbooks():
     result = subprocess.run([str(VENV_BIN / "ansible-lint"), "--offline", "playbooks/"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_embedded_layout_grows_and_shrinks_the_pool_of_the_running_worker(
+        clean, build_app, tmp_path, processes):
+    from tests.support.processes import start_worker
+
+    processes.append(start_worker(tmp_path, queues="erp", concurrency=1, beat=False))
+    app = build_app({"SCALING_LAYOUT": "embedded"})
+
+    code, grown = _scale(app, "erp", "3")
+    assert code == 0, grown
+    assert (grown["before"], grown["after"], grown["changed"]) == (1, 3, True)
+    code, shrunk = _scale(app, "erp", "2")
+    assert code == 0 and (shrunk["before"], shrunk["after"]) == (3, 2)
