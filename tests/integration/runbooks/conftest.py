@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.support.supervisor import Supervisor
+
 
 @pytest.fixture
 def runbook_app(clean, build_app, tmp_path):
@@ -22,3 +24,11 @@ def run_runbook(app, name: str, *args: str) -> tuple[int, dict]:
         return result.exit_code, json.loads(result.output)
     except ValueError:
         raise AssertionError(f"exit {result.exit_code}: {result.output}") from result.exception
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    """A real supervisord of the test's own (see tests/support/supervisor.py)."""
+    supervisor = Supervisor(tmp_path / "supervisor").start()
+    yield supervisor
+    supervisor.stop()

@@ -8,8 +8,6 @@ import json
 import time
 import uuid
 
-import pytest
-
 from service.audit.actor import Actor
 from service.erp import services as erp
 from service.extensions import db
@@ -18,7 +16,6 @@ from service.queues.samples import record_samples
 from tests.integration.runbooks.conftest import run_runbook
 from tests.support.db import rows, scalar
 from tests.support.erp import add_products, erp_items, erp_settings, standin, stock_of  # noqa: F401
-from tests.support.supervisor import Supervisor
 
 
 def _flood(redis, queue: str, count: int, *, waited: float) -> None:
@@ -36,13 +33,6 @@ def _env(monkeypatch, settings: dict) -> None:
     """Settings for the notebook's kernel, which builds its app from the environment."""
     for key, value in settings.items():
         monkeypatch.setenv(key, str(value))
-
-
-@pytest.fixture
-def supervisor(tmp_path):
-    supervisor = Supervisor(tmp_path / "supervisor").start()
-    yield supervisor
-    supervisor.stop()
 
 
 def test_queue_runbook_finds_the_deep_queue_and_execute_scales_its_workers(

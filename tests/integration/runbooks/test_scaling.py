@@ -6,18 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 from tests.support.db import rows
 from tests.support.processes import VENV_BIN
-from tests.support.supervisor import Supervisor
-
-
-@pytest.fixture
-def supervisor(tmp_path):
-    supervisor = Supervisor(tmp_path / "supervisor").start()
-    yield supervisor
-    supervisor.stop()
 
 
 def _scale(app, *args):

@@ -49,6 +49,16 @@ def test_an_opening_notice_says_severity_figures_since_runbook_command_and_how_t
             'and the JSON body {"reason": "..."}') in body
 
 
+def test_a_queue_backlog_notice_runs_the_queue_runbook_on_that_queue():
+    incident = _incident(key="queue_backlog:orders", rule="queue_backlog", subject="orders",
+                         severity="P2", runbook="queue_overload", title="Queue orders: depth 1500")
+    message = compose(incident, kind="opened", level=0, config=CONFIG, now=OPENED)
+
+    assert "  diagnose: flask runbook run queue_overload -p queue orders\n" in message.body
+    assert "  apply the fix: flask runbook run queue_overload -p queue orders --execute" in message.body
+    assert "Runbook: flask runbook run queue_overload -p queue orders." in message.short_body
+
+
 def test_the_sms_form_keeps_severity_figures_since_runbook_and_ack_in_one_short_text():
     short = compose(_incident(severity="P0"), kind="opened", level=0, config=CONFIG,
                     now=OPENED).short_body
