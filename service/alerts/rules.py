@@ -51,10 +51,13 @@ SIGNAL_RUNBOOKS = {
     "payment_overpaid": PAYMENT_RUNBOOK,
     "refund_currency_mismatch": PAYMENT_RUNBOOK,
     "refund_exceeds_capture": PAYMENT_RUNBOOK,
-    # Kinds of later domains (loop detection). The ERP sync has a rule of its own
-    # (service/erp/rules.py, runbook STOCK_RUNBOOK) that claims `erp_sync_failed`.
+    # Kinds of later domains (loop detection, the ERP sync). The ERP sync has a rule of
+    # its own (service/erp/rules.py, registered by the erp domain) that claims
+    # `erp_sync_failed`, raised by the stock runbook when it pauses the sync; its runbook
+    # is the same should no rule claim it.
     "webhook_loop": LOOP_RUNBOOK,
     "duplicate_storm": LOOP_RUNBOOK,
+    "erp_sync_failed": STOCK_RUNBOOK,
 }
 _RUNBOOK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
