@@ -1,5 +1,6 @@
-"""Run the whole service on one machine: Redis (embedded if needed), migrations, demo data,
-then web, worker, beat and Flower in the foreground under honcho. Ctrl-C stops it all.
+"""Run the whole service on one machine: Redis (embedded if needed), the local ERP
+stand-in (unless ERP_API_URL is set), migrations, demo data, then web, worker, beat and
+Flower in the foreground under honcho. Ctrl-C stops it all.
 
 Used by `make run`; expects to run from the project's virtual environment.
 """
@@ -24,7 +25,7 @@ def say(message: str) -> None:
     print(f"run: {message}", file=sys.stderr, flush=True)
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int, what: str = "Redis") -> int:
     for port in [preferred, *range(preferred + 1, preferred + 50)]:
         with socket.socket() as sock:
             try:
@@ -32,7 +33,7 @@ def free_port(preferred: int) -> int:
             except OSError:
                 continue
             return port
-    raise SystemExit("run: no free port for Redis")
+    raise SystemExit(f"run: no free port for {what}")
 
 
 def redis_binary() -> str:
@@ -78,6 +79,44 @@ def start_redis(instance: Path) -> tuple[str, subprocess.Popen]:
     raise SystemExit(f"run: Redis did not start; see {instance / 'redis.log'}")
 
 
+def start_erp_standin(instance: Path, env: dict) -> tuple[str, str, subprocess.Popen]:
+    """The local ERP stand-in (scripts/erp_standin.py) on a free port, with a token of
+    this run; one demo product's count changes every ERP_STANDIN_DRIFT_SECONDS."""
+    port = free_port(int(env.get("ERP_STANDIN_PORT", "6400")), "the ERP stand-in")
+    token = secrets.token_urlsafe(24)
+    log = open(instance / "erp-standin.log", "ab")  # noqa: SIM115  (lives as long as it)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "erp_standin.py"), "--port", str(port),
+         "--drift", env.get("ERP_STANDIN_DRIFT_SECONDS", "60")],
+        env={**env, "ERP_API_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                say(f"ERP stand-in on 127.0.0.1:{port} (a stand-in, not an ERP: docs/erp.md)")
+                return f"http://127.0.0.1:{port}", token, proc
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"run: the ERP stand-in did not start; see {instance / 'erp-standin.log'}")
+
+
+def stop(proc: subprocess.Popen | None, what: str) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    say(f"{what} stopped")
+
+
 def flask(*args: str, env: dict) -> None:
     result = subprocess.run([str(BIN / "flask"), "--app", "service", *args], env=env, cwd=ROOT)
     if result.returncode != 0:
@@ -91,17 +130,26 @@ def main() -> int:
     # A local run uses the built-in development secrets unless told otherwise; production
     # (the default everywhere else) refuses to start without real ones.
     env.setdefault("RACINE_ENV", "development")
-    redis_proc = None
+    redis_proc = erp_proc = None
     run_env = instance / "run.env"
+    chosen = {}
     if not env.get("REDIS_URL"):
         env["REDIS_URL"], redis_proc = start_redis(instance)
-        # Every `flask --app service ...` run with this instance folder reads it, so the
-        # operator's commands (queue health, webhooks list) talk to this Redis too.
-        run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
-                           f"REDIS_URL={env['REDIS_URL']}\n"
-                           f"RACINE_ENV={env['RACINE_ENV']}\n")
+        chosen["REDIS_URL"] = env["REDIS_URL"]
     else:
         say("using REDIS_URL from the environment")
+    if not env.get("ERP_API_URL"):
+        env["ERP_API_URL"], env["ERP_API_TOKEN"], erp_proc = start_erp_standin(instance, env)
+        chosen.update(ERP_API_URL=env["ERP_API_URL"], ERP_API_TOKEN=env["ERP_API_TOKEN"])
+    else:
+        say("using ERP_API_URL from the environment")
+    if chosen:
+        # Every `flask --app service ...` run with this instance folder reads it, so the
+        # operator's commands (queue health, erp status) talk to this Redis and ERP too.
+        run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
+                           + "".join(f"{key}={value}\n" for key, value in chosen.items())
+                           + f"RACINE_ENV={env['RACINE_ENV']}\n")
+        run_env.chmod(0o600)
     if not env.get("FLOWER_BASIC_AUTH"):
         secret_file = instance / "flower-auth"
         if not secret_file.exists():
@@ -127,6 +175,7 @@ def main() -> int:
             f"    RACINE_INSTANCE_PATH={instance} {BIN / 'flask'} --app service webhooks send-test "
             f"--url http://{bind}/webhooks/stripe\n"
             f"    RACINE_INSTANCE_PATH={instance} {BIN / 'flask'} --app service queue health\n"
+            f"    RACINE_INSTANCE_PATH={instance} {BIN / 'flask'} --app service erp status\n"
             "\n  Ctrl-C stops every process.\n",
             flush=True,
         )
@@ -138,15 +187,10 @@ def main() -> int:
             # honcho got the same SIGINT from the terminal and is stopping its processes.
             return honcho.wait()
     finally:
-        if redis_proc is not None:
+        if chosen:
             run_env.unlink(missing_ok=True)
-        if redis_proc is not None and redis_proc.poll() is None:
-            redis_proc.send_signal(signal.SIGTERM)
-            try:
-                redis_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                redis_proc.kill()
-            say("embedded Redis stopped")
+        stop(erp_proc, "ERP stand-in")
+        stop(redis_proc, "embedded Redis")
 
 
 if __name__ == "__main__":

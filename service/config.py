@@ -281,8 +281,10 @@ def _erp_settings() -> dict:
         "ERP_SYNC_RETRY_BACKOFF_MAX": _env_float("ERP_SYNC_RETRY_BACKOFF_MAX", 300.0),
         "ERP_SYNC_RETRY_JITTER": _env_bool("ERP_SYNC_RETRY_JITTER", True),
         # A run still `running` this long after it started is taken for dead (its worker
-        # was killed): it is marked failed and no longer holds the next runs back.
-        "ERP_SYNC_STALE_SECONDS": _env_int("ERP_SYNC_STALE_SECONDS", 900),
+        # was killed): it is marked failed and no longer holds the next runs back. Longer
+        # than a live run can last: its attempts, each within the task's time limit
+        # (DEFAULT_TIME_LIMIT), and the backoffs between them.
+        "ERP_SYNC_STALE_SECONDS": _env_int("ERP_SYNC_STALE_SECONDS", 1800),
         # The "ERP sync failing" rule (P2): the last N finished runs all failed, or no
         # run has succeeded for this long while the sync is not paused.
         "ERP_ALERT_FAILED_RUNS": _env_int("ERP_ALERT_FAILED_RUNS", 3),

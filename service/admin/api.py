@@ -6,7 +6,7 @@ models and its place in the OpenAPI document at /api/admin/openapi.json.
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from service.accounts import services as accounts
 from service.accounts.exceptions import (
@@ -347,7 +347,7 @@ def erp_resume(body: schemas.ErpResumeIn):
 def erp_sync():
     """Queues one `erp.sync_stock` run for the erp workers, with their retries; its run
     appears in `GET /erp` with trigger `api` and this token's user as its actor."""
-    if not erp.status(limit=1)["configured"]:
+    if not current_app.config.get("ERP_API_URL"):
         raise ApiError(409, "erp_not_configured", "ERP_API_URL is not set: there is no ERP "
                        "to sync with")
     state = erp.pause_state()

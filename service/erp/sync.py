@@ -3,9 +3,14 @@
 Each step is a transaction of its own, committed here (the point of this module): the
 run row is committed before the ERP is asked anything, every page is fetched with no
 transaction open (an HTTP call never holds row locks or a connection's transaction),
-and each page's stock changes commit together with the run's counts. A run that fails
-half-way keeps what it applied: setting a level twice changes nothing the second time,
-and only a run that succeeds moves the high-water mark the next run starts from.
+each product's change commits on its own (its stock, its adjustment and its audit row),
+and the page's counts go to the run row after it. One product per transaction because
+an audited change takes the audit chain's lock until its commit: a page in one
+transaction would hold that lock, which every audited action waits for, while it locked
+product after product, and a stock adjustment holding one of those products while
+waiting for the chain would deadlock with it. A run that fails half-way keeps what it
+applied: setting a level twice changes nothing the second time, and only a run that
+succeeds moves the high-water mark the next run starts from.
 
 Start, under the pause flag's row lock:
 - paused: the run is recorded as skipped (a retry of a paused run too);
@@ -180,9 +185,9 @@ def _expire_stale(*, now: datetime, keep_task: str | None) -> None:
 
 
 def _apply_page(run_id: int, page: StockPage, progress: _Progress, *, trigger_actor: Actor) -> None:
-    """Set each known SKU's stock to the ERP's count, in one transaction with the run's
-    counts. Unknown SKUs are counted and listed, not an error; a count below zero (a
-    backorder in the ERP) sets the stock to 0."""
+    """Set each known SKU's stock to the ERP's count, a product per transaction, then add
+    the page to the run's counts. Unknown SKUs are counted and listed, not an error; a
+    count below zero (a backorder in the ERP) sets the stock to 0."""
     counts = progress.counts
     unknown: list[str] = []
     for item in page.items:
@@ -192,9 +197,12 @@ def _apply_page(run_id: int, page: StockPage, progress: _Progress, *, trigger_ac
         try:
             outcome = orders.set_stock_level(sku=item.sku, quantity=quantity, reason=reason,
                                              actor=ERP_ACTOR)
+            db.session.commit()
         except ProductNotFound:
+            db.session.rollback()
             unknown.append(item.sku)
         except InvalidChange:
+            db.session.rollback()
             counts["rejected"] += 1  # a jump beyond what one adjustment may do
         else:
             counts["applied" if outcome.changed else "unchanged"] += 1

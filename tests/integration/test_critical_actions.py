@@ -17,12 +17,15 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
+from scripts.erp_standin import ErpStandIn
 from service.alerts import services as alerts_services  # registers the incident actions
 from service.alerts.incidents import evaluate
 from service.alerts.models import Incident
 from service.audit import registry
+from service.audit.actor import Actor
 from service.audit.partitions import Month, create_partition_sql
 from service.clock import utcnow
+from service.erp import services as erp_services  # registers the ERP actions
 from service.extensions import db
 from service.orders import services as orders_services
 from service.webhooks import handlers
@@ -343,6 +346,43 @@ def cli_workers_scale(app, env):
     return "worker_pool", "erp", "cli:", False
 
 
+def erp_sync_stock(app, env):
+    """The ERP sync sets a product's stock to the ERP's count (a real local ERP)."""
+    pid = _product(app)
+    server = ErpStandIn(token="coverage-token").start()
+    server.catalogue.set("SKU-COV", 4)
+    saved = {key: app.config[key] for key in ("ERP_API_URL", "ERP_API_TOKEN")}
+    app.config.update(ERP_API_URL=server.url, ERP_API_TOKEN="coverage-token")
+    try:
+        with app.app_context():
+            outcome = erp_services.sync_now(trigger="cli", actor=Actor.cli())
+            assert (outcome.status, outcome.run["applied"]) == ("succeeded", 1), outcome.run
+    finally:
+        app.config.update(saved)
+        server.stop()
+    return "product", pid, "system:erp", False
+
+
+def _erp_api(verb, body, *, paused_first=False):
+    def drive(app, env):
+        who = caller(app, "operator", email="erp@x.test")
+        if paused_first:
+            assert who.post("/api/admin/erp/pause", json={"reason": "first"}).status_code == 200
+        response = who.post(f"/api/admin/erp/{verb}", json=body)
+        assert response.status_code == 200 and response.get_json()["changed"] is True
+        return "erp_sync", "stock", "user:erp@x.test", True
+    return drive
+
+
+def _erp_cli(*args, paused_first=False):
+    def drive(app, env):
+        if paused_first:
+            _cli(app, "erp", "pause", "--reason", "first")
+        _cli(app, "erp", *args)
+        return "erp_sync", "stock", "cli:", False
+    return drive
+
+
 DRIVERS = {
     "order.refund": {
         "POST /api/admin/orders/<id>/refunds": api_refund,
@@ -356,7 +396,12 @@ DRIVERS = {
         "webhook paypal PAYMENT.CAPTURE.REVERSED": _paypal_refund_event("PAYMENT.CAPTURE.REVERSED"),
     },
     "product.stock_adjust": {"POST /api/admin/products/<id>/stock-adjustments": api_stock,
-                             "flask stock adjust": cli_stock},
+                             "flask stock adjust": cli_stock,
+                             "erp.sync_stock (system:erp)": erp_sync_stock},
+    "erp.pause": {"POST /api/admin/erp/pause": _erp_api("pause", {"reason": "ERP upgrade"}),
+                  "flask erp pause": _erp_cli("pause", "--reason", "ERP upgrade")},
+    "erp.resume": {"POST /api/admin/erp/resume": _erp_api("resume", {}, paused_first=True),
+                   "flask erp resume": _erp_cli("resume", paused_first=True)},
     "payment_method.add": {"PUT /api/admin/customers/<id>/payment-method": _payment_method_api(
         lambda d, o: {"action": "add", "provider": "paypal", "provider_ref": "B-1",
                       "make_default": True})},

@@ -231,27 +231,6 @@ def test_a_money_safety_signal_opens_an_incident_at_its_severity_with_the_paymen
 
 # -- P2, P3 ------------------------------------------------------------------------------
 
-def test_an_erp_sync_failure_signal_opens_a_p2_with_the_stock_runbook_sent_to_slack(policy):
-    t0 = utcnow()
-    add_signals(2, kind="erp_sync_failed", severity="P2", at=t0, source="erp.sync_stock",
-                details={"error_type": "ErpUnavailable", "attempts": 5})
-
-    evaluate_at(t0)
-    evaluate_at(minutes(t0, 2))
-
-    incident = _opened("signals")
-    assert (incident["key"], incident["severity"], incident["runbook"]) == \
-        ("signals:erp_sync_failed", "P2", "stock_sync_failure")
-    assert incident["details"]["signals"] == 2
-    assert _channels_of_opening(incident) == [("slack", "")]
-    add_signals(1, kind="erp_sync_failed", severity="P2", at=minutes(t0, 30))
-    evaluate_at(minutes(t0, 61))
-    assert incidents()[0]["status"] == "open"  # a failure half an hour ago still holds it
-    evaluate_at(minutes(t0, 91))
-    evaluate_at(minutes(t0, 96))
-    assert incidents()[0]["status"] == "resolved"  # an hour without failures, then clear for 5 min
-
-
 def test_a_queue_deeper_than_1000_opens_a_p2_sent_to_slack_only(policy):
     for n in range(1000):
         assert publish("orders.fulfil", [n], queue="orders")
@@ -303,13 +282,14 @@ def test_slow_job_signals_become_p3_incidents_per_task_listed_and_not_sent(polic
 
 # -- extension and isolation -------------------------------------------------------------
 
-class StockSyncRule(BaseRule):
-    """What the ERP package registers: here, a sync failing is a fact the test sets."""
+class ImportFailingRule(BaseRule):
+    """What a domain registers (as the ERP package registers erp_sync_failing): here, a
+    job failing is a fact the test sets."""
 
-    name = "erp_sync_failing"
+    name = "catalogue_import_failing"
     severity = "P2"
     runbook = "stock_sync_failure"
-    summary = "ERP stock sync failing"
+    summary = "catalogue import failing"
 
     def __init__(self):
         self.failing_runs = 0
@@ -317,12 +297,12 @@ class StockSyncRule(BaseRule):
     def evaluate(self, ctx):
         if self.failing_runs < 3:
             return []
-        return [Finding(title=f"ERP stock sync failing: {self.failing_runs} runs in a row",
+        return [Finding(title=f"Catalogue import failing: {self.failing_runs} runs in a row",
                         details={"failed_runs": self.failing_runs})]
 
 
 def test_a_domain_registers_its_own_rule_and_it_opens_incidents_like_the_others(policy):
-    rule = StockSyncRule()
+    rule = ImportFailingRule()
     register_rule(policy, rule)
     t0 = utcnow()
     evaluate_at(t0)
@@ -331,10 +311,10 @@ def test_a_domain_registers_its_own_rule_and_it_opens_incidents_like_the_others(
     evaluate_at(minutes(t0, 1))
     evaluate_at(minutes(t0, 3))
 
-    incident = _opened("erp_sync_failing")
+    incident = _opened("catalogue_import_failing")
     assert (incident["severity"], incident["runbook"]) == ("P2", "stock_sync_failure")
     with pytest.raises(ValueError, match="registered twice"):
-        register_rule(policy, StockSyncRule())
+        register_rule(policy, ImportFailingRule())
 
 
 def test_a_rule_that_fails_neither_silences_the_others_nor_clears_its_incidents(policy):

@@ -15,7 +15,14 @@ from service.clock import utcnow
 from service.erp import services
 from service.erp.models import ErpSyncRun, RunStatus
 from service.extensions import db
-from tests.support.alerting import deliveries, evaluate_at, incidents, notices, policy_app
+from tests.support.alerting import (
+    add_signals,
+    deliveries,
+    evaluate_at,
+    incidents,
+    notices,
+    policy_app,
+)
 from tests.support.erp import add_products, erp_items, erp_settings
 
 ACTOR = Actor.system("tests")
@@ -112,3 +119,27 @@ def test_a_paused_sync_is_expected_to_be_behind(policy):
     evaluate_at(now + timedelta(seconds=121))
 
     assert _erp_incidents() == []
+
+
+def test_erp_sync_failed_signals_fold_into_the_rules_incident_and_open_none_of_their_own(
+        policy, standin):
+    """One path to an ERP incident: the rule. A runbook's `erp_sync_failed` signal adds to
+    the incident the rule opened; without one it opens nothing."""
+    t0 = utcnow()
+    add_signals(1, kind="erp_sync_failed", severity="P2", at=t0, source="runbook")
+    evaluate_at(t0 + timedelta(seconds=1))
+    evaluate_at(t0 + timedelta(minutes=3))
+    assert incidents() == []
+
+    standin.fail_next("500", times=3)
+    for _ in range(3):
+        _sync()
+    t1 = utcnow()
+    evaluate_at(t1 + timedelta(seconds=1))
+    evaluate_at(t1 + timedelta(seconds=125))
+    add_signals(1, kind="erp_sync_failed", severity="P2", at=t1 + timedelta(seconds=130),
+                source="runbook")
+    evaluate_at(t1 + timedelta(seconds=135))
+
+    [incident] = incidents()
+    assert (incident["rule"], incident["signal_count"]) == ("erp_sync_failing", 1)

@@ -5,17 +5,21 @@ pause and resume, overlapping and abandoned runs, and `flask erp` with its exit 
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from service.audit.actor import Actor
+from service.audit.services import CHAIN_LOCK_KEY
 from service.clock import utcnow
 from service.erp import services
 from service.erp.models import ErpSyncRun, RunStatus
 from service.extensions import db
 from tests.support.db import rows, scalar
 from tests.support.erp import add_products, erp_items, stock_of, stock_requests
+from tests.support.waiting import wait_until
 
 AT = datetime(2026, 3, 1, 12, 0, 0)
 OPERATOR = Actor(label="cli:ops")
@@ -272,3 +276,33 @@ def test_cli_sync_enqueue_leaves_a_job_for_the_erp_queue(erp):
     [job] = rows("SELECT task_name, queue, args FROM outbox_jobs")
     assert (job["task_name"], job["queue"]) == ("erp.sync_stock", "erp")
     assert json.loads(job["args"])[0] == "cli"
+
+
+def test_each_product_commits_alone_so_the_audit_chain_is_never_held_across_products(erp, standin):
+    """A stock adjustment holding product B while it waits for the audit chain must not
+    deadlock with the sync: by the time the sync waits for B, it holds no chain lock
+    (A's change, audit row included, is committed)."""
+    add_products(("SKU-A", 1), ("SKU-B", 1))
+    erp_items(standin, {"SKU-A": 2, "SKU-B": 3}, at=AT)
+    outcome = {}
+    with db.engine.connect() as other:
+        other.execute(text("SET lock_timeout = '10s'"))
+        other.execute(text("SELECT id FROM products WHERE sku = 'SKU-B' FOR UPDATE"))
+        sync = threading.Thread(target=_sync_in_thread, args=(erp, outcome))
+        sync.start()
+        wait_until(lambda: stock_of("SKU-A") == 2, 30, "SKU-A's change committed on its own")
+        # What adjust_stock does next while holding B: take the chain. The sync waits on B.
+        other.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+        other.rollback()
+        sync.join(30)
+
+    assert outcome["run"]["status"] == RunStatus.SUCCEEDED, outcome
+    assert (stock_of("SKU-A"), stock_of("SKU-B")) == (2, 3)
+
+
+def _sync_in_thread(app, outcome: dict) -> None:
+    with app.app_context():
+        try:
+            outcome["run"] = _sync().run
+        finally:
+            db.session.remove()
