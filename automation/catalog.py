@@ -28,7 +28,7 @@ class BadParameter(RunbookError):
 @dataclass(frozen=True)
 class Parameter:
     name: str
-    type: str  # papermill's inferred type name: str, int, float, bool, None
+    type: str  # str, int, float, bool, or any (a None default)
     default: str  # as written in the notebook
     help: str
 
@@ -69,7 +69,7 @@ def _type_of(declared: dict) -> str:
         value = ast.literal_eval(declared["default"])
     except (ValueError, SyntaxError):
         return "str"
-    return "str" if value is None else type(value).__name__
+    return "any" if value is None else type(value).__name__
 
 
 def _convert(name: str, raw, kind: str):
@@ -78,6 +78,13 @@ def _convert(name: str, raw, kind: str):
     text = raw.strip()
     if text.lower() in ("none", "null"):
         return None
+    if kind == "any":  # a None default: a number if it reads as one, else text
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+        return raw
     try:
         if kind == "int":
             return int(text)

@@ -49,6 +49,8 @@ def test_parameters_are_typed_from_the_notebooks_defaults():
 
     assert book.coerce({"since": "2h", "wait_seconds": "30", "provider": "none"}) == \
         {"since": "2h", "wait_seconds": 30, "provider": None}
+    assert catalog.get("queue_overload").coerce({"baseline_workers": "2", "queue": "orders"}) == \
+        {"baseline_workers": 2, "queue": "orders"}
     with pytest.raises(catalog.BadParameter, match="takes a int"):
         book.coerce({"wait_seconds": "soon"})
     with pytest.raises(catalog.BadParameter, match="has no parameter 'queue'"):

@@ -59,6 +59,9 @@ def test_queue_runbook_finds_the_deep_queue_and_execute_scales_its_workers(
                              "--execute")
 
     assert (code, done["status"]) == (0, "ok"), done
+    assert done["summary"]["next_steps"] == [
+        "once the backlog has cleared: flask runbook run queue_overload -p queue erp "
+        "-p baseline_workers 0 --execute"]
     assert done["summary"]["actions"] == [{"action": "workers.scale", "queue": "erp", "before": 0,
                                            "after": 3, "layout": "supervisord", "changed": True}]
     assert supervisor.running("erp") == [f"racine-worker-erp-0{n}" for n in (1, 2, 3)]
