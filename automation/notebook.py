@@ -102,9 +102,9 @@ class Runbook:
             "figures": self.figures,
         }
 
-    def finish(self) -> dict:
+    def finish(self) -> None:
         """Show the summary as JSON (what `flask runbook run` reads back) and release the
-        database session."""
+        database session. Returns nothing, so the cell shows the summary once."""
         from IPython.display import display
 
         from service.extensions import db
@@ -113,7 +113,6 @@ class Runbook:
         db.session.remove()
         data = json.loads(json.dumps(self.summary(), default=str))
         display({SUMMARY_MIME: data, "text/plain": json.dumps(data, indent=2)}, raw=True)
-        return data
 
 
 def _plain(value):
