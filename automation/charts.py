@@ -25,8 +25,10 @@ def _time_axis(ax, fig) -> None:
     fig.autofmt_xdate()
 
 
-def failures_per_bucket(timeline: list[dict], *, bucket_seconds: int = 300) -> None:
-    """Stacked bars: failures per bucket, one colour per provider and error."""
+def failures_per_bucket(timeline: list[dict], *, bucket_seconds: int = 300,
+                        window: tuple[datetime, datetime] | None = None) -> None:
+    """Stacked bars: failures per bucket, one colour per provider and error, over the
+    window (`(since, until)`) when given."""
     fig, ax = plt.subplots(figsize=WIDE)
     title = f"Webhook failures per {bucket_seconds // 60} min, by provider and error"
     if not timeline:
@@ -44,6 +46,8 @@ def failures_per_bucket(timeline: list[dict], *, bucket_seconds: int = 300) -> N
         bottom = [a + b for a, b in zip(bottom, heights, strict=True)]
     ax.set_title(title)
     ax.set_ylabel("failures")
+    if window is not None:
+        ax.set_xlim(window[0], window[1] + timedelta(seconds=bucket_seconds))
     ax.legend(fontsize="small", loc="upper left")
     _time_axis(ax, fig)
 
@@ -68,7 +72,8 @@ def received_vs_processed(flow: list[dict], *, duplicates: list[dict] | None = N
     _time_axis(ax, fig)
 
 
-def queue_depth_and_wait(samples: list[dict], *, queue: str) -> None:
+def queue_depth_and_wait(samples: list[dict], *, queue: str,
+                         window: tuple[datetime, datetime] | None = None) -> None:
     """A queue's depth (left axis) and its oldest job's wait (right axis) over the window,
     from the samples beat records every minute."""
     fig, ax = plt.subplots(figsize=WIDE)
@@ -84,6 +89,8 @@ def queue_depth_and_wait(samples: list[dict], *, queue: str) -> None:
     wait.plot(times, [s["oldest_wait_seconds"] or 0 for s in points], color="tab:red",
               marker="x", label="oldest wait (s)")
     wait.set_ylabel("oldest wait (s)", color="tab:red")
+    if window is not None:
+        ax.set_xlim(*(t.replace(tzinfo=times[0].tzinfo) for t in window))
     ax.set_title(title)
     _time_axis(ax, fig)
 
