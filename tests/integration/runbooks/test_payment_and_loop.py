@@ -104,9 +104,23 @@ def test_loop_runbook_names_the_repeated_event_and_execute_pins_it_and_alerts(ru
     with app.app_context():
         assert scalar("SELECT count(*) FROM alert_signals") == 0
 
-    code, done = run_runbook(app, "webhook_loop_detected", "--execute")
+    # What a responder reads: the plain output, then the run as recorded.
+    with app.app_context():
+        cli = app.test_cli_runner()
+        plain = cli.invoke(args=["runbook", "run", "webhook_loop_detected", "--execute"])
+        listed = cli.invoke(args=["runbook", "runs"])
+        run_id = scalar("SELECT max(id) FROM runbook_runs")
+        shown = cli.invoke(args=["runbook", "show", str(run_id)])
+    done = json.loads(shown.output)
 
-    assert (code, done["status"], done["summary"]["resolved"]) == (0, "ok", True)
+    assert plain.exit_code == 0, plain.output
+    assert f"runbook webhook_loop_detected run #{run_id} (execute): ok" in plain.output
+    assert f"problem: 1 event ids delivered at least 5 times more; most: stripe {event_id} x8" \
+        in plain.output
+    assert "done: raised webhook_loop signal" in plain.output
+    assert "notebook: " in plain.output and "html: " in plain.output
+    assert f"{run_id}   webhook_loop_detected  yes" in listed.output
+    assert (done["status"], done["summary"]["resolved"]) == ("ok", True)
     assert redis.ttl(key) > 23 * 3600  # answered from Redis for a day
     with app.app_context():
         signal = rows("SELECT kind, severity, details FROM alert_signals")
