@@ -171,6 +171,22 @@ def test_ten_thousand_events_through_a_slow_worker_never_pass_the_bound_and_run_
     assert log.count('"msg": "event handled"') == EVENTS
 
 
+def store_backlog(bounded_app, count: int) -> None:
+    """Events stored while the queue was full (intake refused to publish them), which
+    has since drained: `received`, old enough for the relay."""
+    redis = bounded_app.extensions["redis"]
+    with bounded_app.app_context():
+        dedup = bounded_app.extensions["webhook_dedup"]
+        redis.rpush("webhooks", *[b"placeholder"] * BOUND)
+        for index in range(count):
+            assert not accept_event(counted_event(index), dedup=dedup, request_id=None).queued
+        redis.delete("webhooks")
+        db.session.execute(update(WebhookEvent).values(
+            received_at=utcnow() - timedelta(seconds=10)))
+        db.session.commit()
+        db.session.remove()
+
+
 def test_relay_and_intake_publishing_at_once_never_pass_the_bound(clean, bounded_app):
     """A backlog left by an outage is relayed while deliveries keep arriving.
 
@@ -178,17 +194,8 @@ def test_relay_and_intake_publishing_at_once_never_pass_the_bound(clean, bounded
     """
     redis = clean.extensions["redis"]
     gate = BOUND - HEADROOM
-    with bounded_app.app_context():
-        dedup = bounded_app.extensions["webhook_dedup"]
-        # The backlog: events stored while the queue was full, which has since drained.
-        redis.rpush("webhooks", *[b"placeholder"] * gate)
-        for index in range(2 * gate):
-            assert not accept_event(counted_event(index), dedup=dedup, request_id=None).queued
-        redis.delete("webhooks")
-        db.session.execute(update(WebhookEvent).values(
-            received_at=utcnow() - timedelta(seconds=10)))
-        db.session.commit()
-        db.session.remove()
+    store_backlog(bounded_app, 2 * gate)
+    dedup = bounded_app.extensions["webhook_dedup"]
 
     reports = []
 
@@ -237,17 +244,8 @@ def test_three_relays_intake_and_a_consumer_at_once_never_pass_the_bound_nor_pub
     batch's weight as a worker does). No event is published twice, none is lost, and
     the weighted depth never passes the bound."""
     redis = clean.extensions["redis"]
-    with bounded_app.app_context():
-        dedup = bounded_app.extensions["webhook_dedup"]
-        # The backlog: events stored while the queue was full, which has since drained.
-        redis.rpush("webhooks", *[b"placeholder"] * BOUND)
-        for index in range(3 * BOUND):
-            assert not accept_event(counted_event(index), dedup=dedup, request_id=None).queued
-        redis.delete("webhooks")
-        db.session.execute(update(WebhookEvent).values(
-            received_at=utcnow() - timedelta(seconds=10)))
-        db.session.commit()
-        db.session.remove()
+    store_backlog(bounded_app, 3 * BOUND)
+    dedup = bounded_app.extensions["webhook_dedup"]
     time.sleep(1.1)  # intake's pause after a full queue is over: it publishes again
 
     sampler = DepthSampler(clean.config["REDIS_URL"], interval=0.005)
