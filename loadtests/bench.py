@@ -316,6 +316,10 @@ def main(argv=None) -> int:
                              "on this machine, before any domain work")
     parser.add_argument("--no-naive", action="store_true",
                         help="skip the naive pipeline (no ratios)")
+    parser.add_argument("--py-spy", dest="py_spy", action="store_true",
+                        help="profile every process of each pipeline with py-spy during its "
+                             "end-to-end load (py-spy must be installed in the venv); the "
+                             "report gets where each process spent its samples")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -407,7 +411,7 @@ def main(argv=None) -> int:
         report["end_to_end"] = end_to_end(
             wrk, stack, client, dsn, stack.url,
             write_deliveries(stack.tmp / "e2e.tsv", lines, e2e_orders),
-            seconds=args.e2e_seconds, pipeline=PROJECT)
+            seconds=args.e2e_seconds, pipeline=PROJECT, profile=args.py_spy)
         if args.ceiling:
             say(f"pipeline ceiling: {args.e2e_seconds} s of events no handler takes")
             report["pipeline_ceiling"] = end_to_end(
@@ -448,7 +452,7 @@ def main(argv=None) -> int:
             report["naive_end_to_end"] = end_to_end(
                 wrk, stack, client, dsn, naive_url,
                 write_deliveries(stack.tmp / "naive-e2e.tsv", lines, e2e_orders),
-                seconds=args.e2e_seconds, pipeline=NAIVE)
+                seconds=args.e2e_seconds, pipeline=NAIVE, profile=args.py_spy)
             if args.ceiling:
                 say(f"naive ceiling: {args.e2e_seconds} s of events no handler takes")
                 report["naive_ceiling"] = end_to_end(
@@ -483,7 +487,7 @@ def _finish(report: dict, args) -> int:
 
 
 def end_to_end(wrk, stack: Stack, client, dsn: str, url: str, deliveries: Path, *,
-               seconds: int, pipeline: Pipeline) -> dict:
+               seconds: int, pipeline: Pipeline, profile: bool = False) -> dict:
     """Load at full speed for `seconds`, wait until every event is done; events/min overall.
 
     Also: the CPU seconds each process of the pipeline used during the load and during
@@ -496,6 +500,7 @@ def end_to_end(wrk, stack: Stack, client, dsn: str, url: str, deliveries: Path, 
     before = done_count(dsn, pipeline.table)
     cpu_start = cpu_seconds(stack, pipeline.processes)
     started = time.monotonic()
+    spies = _start_py_spy(stack, pipeline, seconds) if profile else []
     sent = load(wrk, f"{url}/webhooks/stripe", deliveries, seconds)
     cpu_loaded = cpu_seconds(stack, pipeline.processes)
     drain = wait_drained(client, dsn, timeout=900, pipeline=pipeline)
@@ -504,7 +509,9 @@ def end_to_end(wrk, stack: Stack, client, dsn: str, url: str, deliveries: Path, 
     stop.set()
     done = done_count(dsn, pipeline.table) - before
     accepted = sent["requests"] - sent["non_2xx"]
-    return {"seconds": seconds, "accepted": accepted, "processed": done,
+    profiles = _py_spy_results(spies)
+    return {**({"profile": profiles} if profile else {}), "seconds": seconds,
+            "accepted": accepted, "processed": done,
             "lost": max(0, accepted - done), "drain_after_load_seconds": round(drain, 1),
             "events_per_minute": round(done / total_seconds * 60),
             "intake_per_second": sent["requests_per_second"],
@@ -512,6 +519,71 @@ def end_to_end(wrk, stack: Stack, client, dsn: str, url: str, deliveries: Path, 
             "max_depth": max(samples, default=0),
             "cpu_seconds_during_load": _cpu_delta(cpu_start, cpu_loaded),
             "cpu_seconds_during_drain": _cpu_delta(cpu_loaded, cpu_end)}
+
+
+def _start_py_spy(stack: Stack, pipeline: Pipeline, seconds: int) -> list:
+    """py-spy on each process of the pipeline (children included) for the load's length."""
+    spies = []
+    for name, proc in stack.processes:
+        if name not in pipeline.processes or proc.poll() is not None:
+            continue
+        out = stack.tmp / f"py-spy-{pipeline.name}-{name}.txt"
+        spy = subprocess.Popen(
+            [str(BIN / "py-spy"), "record", "--pid", str(proc.pid), "--subprocesses",
+             "--rate", "50", "--duration", str(max(1, seconds - 2)), "--format", "raw",
+             "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies.append((name, spy, out))
+    return spies
+
+
+def _py_spy_results(spies: list, top: int = 12) -> dict:
+    """Per process: samples, and the functions (file:function) most often on the stack,
+    as a share of that process's samples (inclusive: a function counts when any frame
+    below it is running)."""
+    results = {}
+    for name, spy, out in spies:
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        if not out.exists():
+            results[name] = {"samples": 0}
+            continue
+        total = 0
+        inclusive: dict[str, int] = {}
+        leaf: dict[str, int] = {}
+        for line in out.read_text(errors="replace").splitlines():
+            stack_text, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [_frame(f) for f in stack_text.split(";")]
+            total += count
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            leaf[frames[-1]] = leaf.get(frames[-1], 0) + count
+        ranked = sorted(inclusive.items(), key=lambda item: -item[1])
+        results[name] = {
+            "samples": total,
+            "inclusive": [(f, round(100 * c / max(total, 1), 1)) for f, c in ranked
+                          if "/service/" in f or "/loadtests/" in f][:top],
+            "self": [(f, round(100 * c / max(total, 1), 1))
+                     for f, c in sorted(leaf.items(), key=lambda item: -item[1])[:top]],
+        }
+    return results
+
+
+def _frame(raw: str) -> str:
+    """`function (path/to/file.py:line)` -> `path/to/file.py:function`, from the
+    package on."""
+    function, _, where = raw.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{path}:{function.strip()}"
 
 
 def _publish_noops(stack: Stack, count: int) -> None:
