@@ -567,11 +567,16 @@ def _py_spy_results(spies: list, top: int = 12) -> dict:
         results[name] = {
             "samples": total,
             "inclusive": [(f, round(100 * c / max(total, 1), 1)) for f, c in ranked
-                          if "/service/" in f or "/loadtests/" in f][:top],
+                          if _ours(f)][:top],
             "self": [(f, round(100 * c / max(total, 1), 1))
                      for f, c in sorted(leaf.items(), key=lambda item: -item[1])[:top]],
         }
     return results
+
+
+def _ours(frame: str) -> bool:
+    return frame.startswith(("service/", "loadtests/")) or "/service/" in frame \
+        or "/loadtests/" in frame
 
 
 def _frame(raw: str) -> str:
