@@ -54,6 +54,10 @@ class DirectPublishing:
         with self._lock:
             self._until = max(self._until, time.monotonic() + seconds)
 
+    def resume(self) -> None:
+        with self._lock:
+            self._until = 0.0
+
 
 @dataclass(frozen=True)
 class IntakeResult:
@@ -84,10 +88,12 @@ def accept_event(
     except SQLAlchemyError as exc:
         dedup.release(event.provider, event.event_id)
         raise StorageUnavailable(type(exc).__name__) from exc
-    if event_pk is None or not publish:
+    if event_pk is None:
         dedup.mark_stored(event.provider, event.event_id)
-        if event_pk is None:
-            return IntakeResult("duplicate", None)
+        return IntakeResult("duplicate", None)
+    if not publish:
+        # The key stays `pending` (a redelivery asks the database, which knows): under
+        # load, a round trip to Redis per request saved.
         return IntakeResult("stored", event_pk, False)
     # The message and the de-duplication mark go in one round trip.
     queued = send_event(event_pk, also_set=dedup.stored_mark(event.provider, event.event_id),

@@ -26,14 +26,18 @@ from tests.support.waiting import wait_until
 
 def store(client, events: list[tuple[str, dict]]) -> list[str]:
     """Deliver events with direct publishing paused: stored `received`, for the relay."""
-    client.application.extensions["webhook_direct_publishing"].pause(600)
+    direct = client.application.extensions["webhook_direct_publishing"]
+    direct.pause(600)
     ids = []
-    for event_type, obj in events:
-        body, event_id = stripe_event(event_type, obj)
-        response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
-        assert response.status_code == 200, response.get_data(as_text=True)
-        assert response.get_json()["status"] == "stored"
-        ids.append(event_id)
+    try:
+        for event_type, obj in events:
+            body, event_id = stripe_event(event_type, obj)
+            response = client.post("/webhooks/stripe", data=body, headers=stripe_headers(body))
+            assert response.status_code == 200, response.get_data(as_text=True)
+            assert response.get_json()["status"] == "stored"
+            ids.append(event_id)
+    finally:
+        direct.resume()
     assert scalar("SELECT count(*) FROM webhook_events WHERE status <> 'received'") == 0
     # Past RELAY_MIN_AGE_SECONDS (1 s in the tests' settings).
     db.session.execute(text("UPDATE webhook_events"
