@@ -174,3 +174,25 @@ def test_two_relays_at_once_publish_each_event_exactly_once(client, ctx, build_a
     assert sum(report.enqueued for report in reports) == 400
     assert scalar("SELECT count(*) FROM webhook_events WHERE status = 'queued'") == 400
     assert depth(app.extensions["redis"], "webhooks") == 400
+
+
+def test_relay_command_publishes_until_empty_and_says_so(client, ctx, build_app):
+    orders = make_orders(1)
+    store(client, [("test.unhandled", {"order_id": orders[0], "n": n}) for n in range(120)])
+
+    result = client.application.test_cli_runner().invoke(
+        args=["webhooks", "relay", "--until-empty", "--json"])
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"found": 120, "enqueued": 120, "jobs": 3,
+                                         "broker_down": False}
+    assert [len(args[0]) for _task, args in messages(client.application)] == [50, 50, 20]
+    again = client.application.test_cli_runner().invoke(args=["webhooks", "relay"])
+    assert again.exit_code == 0
+    assert again.output.startswith("0 event(s) published in 0 job(s)")
+
+    no_broker = build_app({"REDIS_URL": "redis://127.0.0.1:1/0"})
+    with no_broker.app_context():  # the command runs in the current app's context
+        down = no_broker.test_cli_runner().invoke(args=["webhooks", "relay"])
+    assert down.exit_code == 1, down.output
+    assert "broker unavailable" in down.output
