@@ -155,8 +155,6 @@ class Stack:
             "REDIS_URL": redis_url,
             "PAYPAL_CERT_PATH": cert_path,
             "LOG_LEVEL": "WARNING",
-            "RELAY_INTERVAL_SECONDS": "2",
-            "RELAY_MIN_AGE_SECONDS": "2",
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
             **self.extra_env,
         }

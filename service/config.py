@@ -124,9 +124,18 @@ def load_settings(instance_path: str) -> dict:
         "DEFAULT_TIME_LIMIT": _env_int("DEFAULT_TIME_LIMIT", 300),
         "WEBHOOK_SOFT_TIME_LIMIT": _env_int("WEBHOOK_SOFT_TIME_LIMIT", 60),
         "WEBHOOK_TIME_LIMIT": _env_int("WEBHOOK_TIME_LIMIT", 90),
-        # Relay: what the beat task re-enqueues, and how often it looks.
-        "RELAY_INTERVAL_SECONDS": _env_float("RELAY_INTERVAL_SECONDS", 10.0),
-        "RELAY_MIN_AGE_SECONDS": _env_int("RELAY_MIN_AGE_SECONDS", 30),
+        # Relay: what the beat task re-enqueues, and how often it looks. A pass keeps
+        # claiming and publishing while there is work and room, for up to
+        # RELAY_PASS_SECONDS; a `received` row is the relay's at once (a row about to be
+        # published by intake is `queued` under its publish lease).
+        "RELAY_INTERVAL_SECONDS": _env_float("RELAY_INTERVAL_SECONDS", 1.0),
+        "RELAY_MIN_AGE_SECONDS": _env_int("RELAY_MIN_AGE_SECONDS", 0),
+        "RELAY_PASS_SECONDS": _env_float("RELAY_PASS_SECONDS", 2.0),
+        # Events per `webhooks.process_events` message the relay sends.
+        "WEBHOOK_EVENTS_PER_JOB": _env_int("WEBHOOK_EVENTS_PER_JOB", 50),
+        # Intake publishes an event itself only while the `webhooks` depth is below this;
+        # above it, it stores the row and leaves it to the relay's batches.
+        "WEBHOOK_DIRECT_PUBLISH_DEPTH": _env_int("WEBHOOK_DIRECT_PUBLISH_DEPTH", 100),
         "RELAY_QUEUED_STALE_SECONDS": _env_int("RELAY_QUEUED_STALE_SECONDS", 3600),
         # Database connections (PostgreSQL pool per process; SQLite's busy wait).
         "DB_PING_IDLE_SECONDS": _env_float("DB_PING_IDLE_SECONDS", 2.0),

@@ -1,8 +1,9 @@
 """Hot-path statements at the lowest cost the database allows.
 
-`fetch_one` runs a statement that stands alone (the intake's INSERT, the worker's
-claim) in autocommit mode: one round trip, returning once durable. `run` runs one in the
-session's current transaction (the worker's payment path), committed by the caller.
+`fetch_one` and `fetch_all` run a statement that stands alone (the intake's INSERT,
+the worker's claims, a refused publish put back) in autocommit mode: one round trip,
+returning once durable. `run` runs one in the session's current transaction (the
+worker's payment path), committed by the caller.
 On PostgreSQL the statement goes straight to the pooled psycopg connection:
 SQLAlchemy's execution machinery cost more CPU than the round trip itself, while its
 pool (checkout, idle ping, invalidation) is still used. Elsewhere (the embedded SQLite,
@@ -26,13 +27,17 @@ class Statement:
     """A textual statement with `:name` parameters, ready for either path.
 
     `for_update` appends FOR UPDATE where the database has row locks (SQLite locks the
-    whole database for the writing transaction instead).
+    whole database for the writing transaction instead). `expanding` names list
+    parameters written `IN :name` (SQLAlchemy's form; PostgreSQL's own statements take a
+    list as an array, `= ANY(:name)`).
     """
 
-    def __init__(self, sql: str, *, for_update: bool = False, **types):
+    def __init__(self, sql: str, *, for_update: bool = False, expanding: tuple[str, ...] = (),
+                 **types):
         self.writes = not sql.lstrip().upper().startswith("SELECT")
         locked = sql + (" FOR UPDATE" if for_update else "")
         binds = [bindparam(name, type_=type_) for name, type_ in types.items()]
+        binds += [bindparam(name, expanding=True) for name in expanding]
         self._clauses: dict[bool, TextClause] = {
             False: text(sql).bindparams(*binds), True: text(locked).bindparams(*binds)}
         self.psycopg_sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", locked)
@@ -78,14 +83,28 @@ def run(statement: Statement, params: dict[str, Any]) -> Result:
 
 def fetch_one(statement: Statement, params: dict[str, Any]) -> tuple | None:
     """Run `statement` in its own committed transaction; its first row, or None."""
+    rows = _autocommit(statement, params, many=False)
+    return rows[0] if rows else None
+
+
+def fetch_all(statement: Statement, params: dict[str, Any]) -> list[tuple]:
+    """Run `statement` in its own committed transaction; all its rows (none for a write
+    that returns nothing)."""
+    return _autocommit(statement, params, many=True)
+
+
+def _autocommit(statement: Statement, params: dict[str, Any], *, many: bool) -> list[tuple]:
     if db.engine.dialect.driver == "psycopg":
-        return _fetch_one_psycopg(statement.psycopg_sql, params)
+        return _fetch_psycopg(statement.psycopg_sql, params, many=many)
     with db.engine.begin() as conn:
-        row = conn.execute(statement.clause(conn.dialect), params).first()
-    return None if row is None else tuple(row)
+        result = conn.execute(statement.clause(conn.dialect), params)
+        if not result.returns_rows:
+            return []
+        rows = result.all() if many else [result.first()]
+    return [tuple(row) for row in rows if row is not None]
 
 
-def _fetch_one_psycopg(sql: str, params: dict[str, Any]) -> tuple | None:
+def _fetch_psycopg(sql: str, params: dict[str, Any], *, many: bool) -> list[tuple]:
     try:
         pooled = db.engine.raw_connection()
     except psycopg.Error as exc:  # the pool hands out the driver's own connect errors
@@ -94,7 +113,13 @@ def _fetch_one_psycopg(sql: str, params: dict[str, Any]) -> tuple | None:
         conn = pooled.driver_connection
         conn.autocommit = True
         try:
-            return conn.execute(sql, params).fetchone()
+            cursor = conn.execute(sql, params)
+            if cursor.description is None:
+                return []
+            if many:
+                return cursor.fetchall()
+            row = cursor.fetchone()
+            return [] if row is None else [row]
         finally:
             if not conn.closed:
                 conn.autocommit = False

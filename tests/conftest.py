@@ -143,6 +143,8 @@ def clean(app, redis_claim):
                     raise
         db.session.remove()
     redis_claim.reset()
+    # A pause of intake's direct publishing (a full queue, a broker down) ends with its test.
+    app.extensions["webhook_direct_publishing"].resume()
     yield app
 
 

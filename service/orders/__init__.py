@@ -10,6 +10,7 @@ def init_app(app: Flask) -> None:
     from service.orders.cli import demo_cli, stock_cli
     from service.orders.gateways import gateways_from_config
     from service.orders.notify import HttpNotifier, LogNotifier
+    from service.queues.ratelimit import register_rate_limit
 
     url = app.config["ORDER_NOTIFY_URL"]
     app.extensions["order_notifier"] = HttpNotifier(url=url) if url else LogNotifier()
@@ -18,5 +19,6 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(stock_cli)
     limits = {"soft_time_limit": app.config["ORDERS_SOFT_TIME_LIMIT"],
               "time_limit": app.config["ORDERS_TIME_LIMIT"]}
+    register_rate_limit(app, "orders", key="orders", setting="ORDERS_RATE_LIMIT")
     register(app, queue="orders", routes={"orders.*": "orders"},
              annotations={"orders.fulfil": limits, "orders.send_confirmation": limits})

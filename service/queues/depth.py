@@ -1,9 +1,13 @@
 """Reading queue depth and age straight from the Redis broker.
 
 Kombu's Redis transport keeps a queue as a list, plus one list per priority step
-(`<name><separator><step>`, Kombu's own separator and steps); a queue's depth is the sum
-of them. Messages are pushed on the left and taken from the right, so the oldest waiting
-message is at index -1.
+(`<name><separator><step>`, Kombu's own separator and steps). Messages are pushed on the
+left and taken from the right, so the oldest waiting message is at index -1.
+
+A queue's depth counts events, not messages: a message that carries N events (the
+webhooks batch job) counts N. So the depth is the sum of the lists plus the queue's
+weight counter (`weight_key`), which holds what batch messages carry beyond their one
+list entry, from their publish until their task ends (`publishing.release`).
 """
 
 from __future__ import annotations
@@ -24,15 +28,25 @@ def queue_keys(name: str) -> list[str]:
     return [name, *(f"{name}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]
 
 
+def weight_key(name: str) -> str:
+    """The counter of events that batch messages of `name` carry beyond one each."""
+    return f"racine:queue:weight:{name}"
+
+
 def depths(client: redis.Redis, names: list[str] | tuple[str, ...]) -> dict[str, int]:
-    """Depth of each queue, in one round trip."""
+    """Weighted depth of each queue (events waiting or in a running batch), in one round trip."""
     pipe = client.pipeline(transaction=False)
     for name in names:
         for key in queue_keys(name):
             pipe.llen(key)
+        pipe.get(weight_key(name))
     counts = pipe.execute()
-    per_queue = len(PRIORITY_STEPS) + 1
-    return {name: sum(counts[i * per_queue:(i + 1) * per_queue]) for i, name in enumerate(names)}
+    per_queue = len(PRIORITY_STEPS) + 2
+    result = {}
+    for i, name in enumerate(names):
+        chunk = counts[i * per_queue:(i + 1) * per_queue]
+        result[name] = sum(chunk[:-1]) + max(0, int(chunk[-1] or 0))
+    return result
 
 
 def depth(client: redis.Redis, name: str) -> int:

@@ -21,6 +21,7 @@ from service.queues.depth import depths, oldest_wait_seconds
 from service.queues.hooks import CONSUMERS_KEY, DONE_KEY, FAILED_KEY, HEARTBEAT_SECONDS
 from service.queues.models import OutboxJob, SlowJob
 from service.queues.publishing import gate
+from service.queues.ratelimit import rate_limit_of
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 _BACKLOGS = "racine.queue_backlogs"
@@ -156,10 +157,10 @@ def _judge(report: QueueReport, cfg) -> None:
 
 
 def _limiter_state(queue: str) -> dict | None:
-    if queue != "orders":
+    limit = rate_limit_of(queue)
+    if limit is None:
         return None
-    return current_app.extensions["rate_limiter"].state("orders",
-                                                        current_app.config["ORDERS_RATE_LIMIT"])
+    return current_app.extensions["rate_limiter"].state(*limit)
 
 
 def _round(value: float | None) -> float | None:

@@ -2,8 +2,11 @@
 
 A domain service adds jobs to the current transaction with `add_jobs`; they exist only
 if that transaction commits. The relay (a beat task) publishes pending jobs oldest
-first, as far as each queue has room; a job the broker could not take (down, full)
-simply stays pending for the next pass.
+first, as far as each queue has room, and for a rate-limited queue no more than its
+window lets run now (what waits already in the queue counted): a job published past the
+limit would only be put back in the outbox by its task, a round trip per job for
+nothing. A job the broker could not take (down, full) simply stays pending for the next
+pass.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
+import redis
+from flask import current_app
 from sqlalchemy import DateTime, delete, func, select, update
 
 from service import fastsql
 from service.clock import utcnow
 from service.extensions import db
+from service.queues import ratelimit
+from service.queues.depth import depth
 from service.queues.models import OutboxJob
 from service.queues.publishing import publish, room
 
@@ -71,7 +78,7 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
                                       OutboxJob.available_at <= now).distinct()
     ).all()
     for queue in queues:
-        available = room(queue)
+        available = _allowed(queue)
         if not available:
             continue
         ids = db.session.scalars(
@@ -92,6 +99,22 @@ def relay_outbox(*, batch: int = 500) -> OutboxReport:
             "count": report.published, "reason": f"{report.purged} purged, "
                                                 f"{report.waiting} waiting"})
     return report
+
+
+def _allowed(queue: str) -> int | None:
+    """Jobs that may be published to `queue` now: its room, and its rate limit's."""
+    available = room(queue)
+    limit = ratelimit.rate_limit_of(queue)
+    if not available or limit is None:
+        return available
+    window = current_app.extensions["rate_limiter"].state(*limit)["remaining"]
+    if window is None:
+        return available
+    try:
+        waiting = depth(current_app.extensions["redis"], queue)
+    except redis.RedisError:
+        return None
+    return max(0, min(available, window - waiting))
 
 
 def _publish_ids(ids: list[int]) -> int:

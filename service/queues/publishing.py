@@ -4,12 +4,17 @@ A queue at its bound gets nothing more: the caller keeps the work durable in the
 database (webhook events stay `received`, other jobs stay in the outbox) and the relay
 publishes it once the queue drains.
 
-A job is pushed by one Lua script that reads the queue's depth and pushes only below
-the gate, so the bound holds exactly however many publish at once, and a publish costs
-one round trip. The script can set one more key in the same trip (intake marks the
-event's de-duplication key `stored` this way). The message is built by Celery and
-Kombu (see `message`); workers consume it like any other. The gate stops `QUEUE_PUBLISH_HEADROOM` short of
-`QUEUE_DEPTH_MAX`, which leaves room for Celery's own retry messages.
+Jobs are pushed by one Lua script that reads the queue's depth and pushes only below the
+gate, so the bound holds exactly however many publish at once, and a publish costs one
+round trip. The depth is weighted (`depth.depths`): a message carrying N events (the
+webhooks batch job) counts N, through the queue's weight counter, from its publish until
+its task calls `release`. `send_batch` pushes several messages in the same call, as many
+as fit, in order. The script can set one more key in the same trip (intake marks the
+event's de-duplication key `stored` this way). The message is built by Celery and Kombu
+(see `message`); workers consume it like any other. The gate stops
+`QUEUE_PUBLISH_HEADROOM` short of `QUEUE_DEPTH_MAX`, which leaves room for Celery's own
+retry messages; `below=` asks for a lower mark (intake publishes directly only while the
+queue is nearly empty).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import NamedTuple
 
 import redis
 from celery.utils.nodenames import anon_nodename
@@ -27,47 +33,86 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils import json as kombu_json
 from kombu.utils.uuid import uuid
 
-from service.queues.depth import ENQUEUED_AT_HEADER, depth, queue_keys
+from service.queues.depth import ENQUEUED_AT_HEADER, depth, queue_keys, weight_key
 
 log = logging.getLogger(__name__)
 
 SENT, FULL, BROKER_DOWN = "sent", "full", "broker_down"
 
-# KEYS: the queue's lists (the first is where a priority-0 message goes), then
-# optionally a key to set. ARGV: gate, message, then that key's value and ttl.
+# A weight counter left by a task that never released (its message lost with the broker's
+# data) goes when the queue has seen no batch publish for this long.
+WEIGHT_TTL_SECONDS = 3600
+
+# KEYS: the queue's lists (the first is where a priority-0 message goes), its weight
+# counter, then optionally a key to set. ARGV: gate, number of lists, number of
+# messages, the weight counter's ttl, then each message and its weight, then optionally
+# that key's value and ttl. Pushes messages in order while the weighted depth stays
+# within the gate; returns how many it pushed.
 _PUSH_BELOW_GATE = """
-local lists = #KEYS
-if ARGV[3] then
-  redis.call('SET', KEYS[lists], ARGV[3], 'EX', ARGV[4])
-  lists = lists - 1
+local lists = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local tail = 4 + 2 * count
+if ARGV[tail + 1] then
+  redis.call('SET', KEYS[lists + 2], ARGV[tail + 1], 'EX', ARGV[tail + 2])
 end
-local depth = 0
+local depth = math.max(0, tonumber(redis.call('GET', KEYS[lists + 1]) or '0'))
 for i = 1, lists do
   depth = depth + redis.call('LLEN', KEYS[i])
 end
-if depth >= tonumber(ARGV[1]) then
-  return 0
+local gate = tonumber(ARGV[1])
+local pushed = 0
+local extra = 0
+for n = 1, count do
+  local weight = tonumber(ARGV[4 + 2 * n])
+  if depth + weight > gate then
+    break
+  end
+  redis.call('LPUSH', KEYS[1], ARGV[3 + 2 * n])
+  depth = depth + weight
+  extra = extra + weight - 1
+  pushed = pushed + 1
 end
-redis.call('LPUSH', KEYS[1], ARGV[2])
-return 1
+if extra > 0 then
+  redis.call('INCRBY', KEYS[lists + 1], extra)
+  redis.call('EXPIRE', KEYS[lists + 1], ARGV[4])
+end
+return pushed
+"""
+_RELEASE = """
+local left = redis.call('DECRBY', KEYS[1], ARGV[1])
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+end
+return left
 """
 
-_scripts: dict[int, object] = {}
+
+class Job(NamedTuple):
+    """A task message to publish, and how many events it carries (its weight)."""
+
+    task_name: str
+    args: list
+    weight: int = 1
+    retries: int = 0
 
 
-def gate(queue: str) -> int:
-    """The depth from which nothing more is published to `queue`."""
+_scripts: dict[tuple[int, str], object] = {}
+
+
+def gate(queue: str, below: int | None = None) -> int:
+    """The depth from which nothing more is published to `queue` (or `below`, if lower)."""
     cfg = current_app.config
-    return max(1, cfg["QUEUE_DEPTH_MAX"] - cfg["QUEUE_PUBLISH_HEADROOM"])
+    limit = max(1, cfg["QUEUE_DEPTH_MAX"] - cfg["QUEUE_PUBLISH_HEADROOM"])
+    return limit if below is None else max(0, min(limit, below))
 
 
-def room(queue: str) -> int | None:
-    """How many jobs may be published to `queue` now; None when the broker is unreachable."""
+def room(queue: str, below: int | None = None) -> int | None:
+    """How many events may be published to `queue` now; None when the broker is unreachable."""
     try:
         current = depth(current_app.extensions["redis"], queue)
     except redis.RedisError:
         return None
-    return max(0, gate(queue) - current)
+    return max(0, gate(queue, below) - current)
 
 
 def message(task_name: str, args: list, *, queue: str, retries: int = 0) -> str:
@@ -103,34 +148,76 @@ def message(task_name: str, args: list, *, queue: str, retries: int = 0) -> str:
 
 
 def send(task_name: str, args: list, *, queue: str, retries: int = 0,
-         also_set: tuple[str, str, int] | None = None) -> str:
+         also_set: tuple[str, str, int] | None = None, below: int | None = None) -> str:
     """Push a job unless its queue is at the gate: SENT, FULL or BROKER_DOWN. Never raises.
 
     `also_set` is (key, value, ttl seconds), set in the same round trip whatever the
-    outcome, unless the broker is down.
+    outcome, unless the broker is down. `below`: publish only while the depth is under
+    this lower mark.
     """
+    return _push([Job(task_name, args, 1, retries)], queue=queue, also_set=also_set,
+                 below=below)[1]
+
+
+def send_batch(jobs: list[Job], *, queue: str, below: int | None = None) -> int | None:
+    """Push `jobs` in order, in one round trip, as many as fit under the gate.
+
+    How many were pushed (a prefix of `jobs`), or None when the broker is unreachable.
+    Never raises. Each job counts its weight in the queue's depth until its task calls
+    `release(queue, weight)`.
+    """
+    if not jobs:
+        return 0
+    sent, outcome = _push(jobs, queue=queue, below=below)
+    return None if outcome == BROKER_DOWN else sent
+
+
+def release(queue: str, weight: int) -> None:
+    """A batch job of `weight` events is done (or given up): its weight leaves the depth.
+
+    Called once per message when its task ends, whatever the outcome. Never raises: should
+    the broker be unreachable, the counter keeps the weight, which lowers the room left
+    (the bound still holds) until the counter expires with no batch published.
+    """
+    if weight <= 1:
+        return
     client = current_app.extensions["redis"]
-    keys = queue_keys(queue)
-    argv = [gate(queue), message(task_name, args, queue=queue, retries=retries)]
+    try:
+        _script(client, _RELEASE)(keys=[weight_key(queue)], args=[weight - 1])
+    except redis.RedisError as exc:
+        log.warning("queue weight not released", extra={"queue": queue,
+                                                        "error": type(exc).__name__})
+
+
+def _push(jobs: list[Job], *, queue: str, also_set: tuple[str, str, int] | None = None,
+          below: int | None = None) -> tuple[int, str]:
+    client = current_app.extensions["redis"]
+    lists = queue_keys(queue)
+    keys = [*lists, weight_key(queue)]
+    argv: list = [gate(queue, below), len(lists), len(jobs), WEIGHT_TTL_SECONDS]
+    for job in jobs:
+        argv.extend([message(job.task_name, job.args, queue=queue, retries=job.retries),
+                     max(1, int(job.weight))])
     if also_set is not None:
         key, value, ttl = also_set
         keys.append(key)
         argv.extend([value, max(1, int(ttl))])
     try:
-        pushed = _script(client)(keys=keys, args=argv)
+        pushed = int(_script(client, _PUSH_BELOW_GATE)(keys=keys, args=argv))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("broker unavailable, job kept for the relay",
-                    extra={"queue": queue, "task": task_name, "error": type(exc).__name__})
-        return BROKER_DOWN
+                    extra={"queue": queue, "task": jobs[0].task_name,
+                           "error": type(exc).__name__})
+        return 0, BROKER_DOWN
     except redis.RedisError as exc:  # Redis answered, refusing: not an outage, still kept
         log.error("broker refused the job, kept for the relay",
-                  extra={"queue": queue, "task": task_name, "error": str(exc)[:200]})
-        return BROKER_DOWN
-    if not pushed:
+                  extra={"queue": queue, "task": jobs[0].task_name, "error": str(exc)[:200]})
+        return 0, BROKER_DOWN
+    if pushed < len(jobs):
         log.info("queue at its depth bound, job kept for the relay",
-                 extra={"queue": queue, "task": task_name})
-        return FULL
-    return SENT
+                 extra={"queue": queue, "task": jobs[0].task_name})
+        return pushed, FULL
+    return pushed, SENT
 
 
 def publish(task_name: str, args: list, *, queue: str, retries: int = 0) -> bool:
@@ -138,10 +225,10 @@ def publish(task_name: str, args: list, *, queue: str, retries: int = 0) -> bool
     return send(task_name, args, queue=queue, retries=retries) == SENT
 
 
-def _script(client: redis.Redis):
-    script = _scripts.get(id(client))
+def _script(client: redis.Redis, source: str):
+    script = _scripts.get((id(client), source))
     if script is None:
-        script = _scripts[id(client)] = client.register_script(_PUSH_BELOW_GATE)
+        script = _scripts[(id(client), source)] = client.register_script(source)
     return script
 
 

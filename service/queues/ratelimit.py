@@ -8,7 +8,10 @@ at once.
 
 Two parts: `RateLimiter`, the edge that talks to Redis (kept in
 `app.extensions["rate_limiter"]`), and `rate_limited`, the task decorator that asks it
-and puts a limited job back in the outbox.
+and puts a limited job back in the outbox. A domain whose queue is rate limited says so
+with `register_rate_limit`: the outbox relay then publishes to that queue no more than
+its window allows now (a job published past it would only come back to the outbox), and
+queue health shows the window.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import timedelta
 
 import redis
 from celery.exceptions import Ignore
-from flask import current_app
+from flask import Flask, current_app
 from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -41,6 +44,24 @@ local slot = math.max(earliest, last + interval)
 redis.call('SET', KEYS[1], tostring(slot), 'PX', math.ceil((slot - now + keep) * 1000))
 return tostring(slot)
 """
+
+
+_RATE_LIMITS = "queue_rate_limits"
+
+
+def register_rate_limit(app: Flask, queue: str, *, key: str, setting: str) -> None:
+    """Jobs of `queue` run within the global rate `app.config[setting]`, counted as `key`
+    (the key its tasks give `rate_limited`)."""
+    app.extensions.setdefault(_RATE_LIMITS, {})[queue] = (key, setting)
+
+
+def rate_limit_of(queue: str) -> tuple[str, str] | None:
+    """(limiter key, rate) of a rate-limited queue; None for a queue without a limit."""
+    registered = current_app.extensions.get(_RATE_LIMITS, {}).get(queue)
+    if registered is None:
+        return None
+    key, setting = registered
+    return key, current_app.config[setting]
 
 
 class RateLimiter:

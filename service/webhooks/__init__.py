@@ -15,6 +15,7 @@ def init_app(app: Flask) -> None:
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
     from service.webhooks.cli import cli
     from service.webhooks.dedup import DedupCache
+    from service.webhooks.intake import DirectPublishing
     from service.webhooks.leases import LeaseKeeper
     from service.webhooks.metrics import ALL as METRICS
     from service.webhooks.paypal import PayPalVerifier
@@ -50,6 +51,7 @@ def init_app(app: Flask) -> None:
     app.extensions["lease_keeper"] = LeaseKeeper(
         app=app, lease_seconds=cfg["PROCESSING_LEASE_SECONDS"],
         renew_every=cfg["LEASE_RENEW_SECONDS"])
+    app.extensions["webhook_direct_publishing"] = DirectPublishing()
     app.extensions["webhook_dedup"] = DedupCache(
         client=app.extensions["redis"], ttl_seconds=cfg["DEDUP_TTL_SECONDS"]
     )
@@ -58,22 +60,29 @@ def init_app(app: Flask) -> None:
     register_metrics(app, *METRICS)
     register_backlog(app, "webhooks", WebhookBacklog())
     register_payment_events(app, WebhookPaymentEvents())
+    retry_policy = {
+        "max_retries": cfg["WEBHOOK_MAX_RETRIES"],
+        "retry_backoff": cfg["WEBHOOK_RETRY_BACKOFF"],
+        "retry_backoff_max": cfg["WEBHOOK_RETRY_BACKOFF_MAX"],
+        "retry_jitter": cfg["WEBHOOK_RETRY_JITTER"],
+        "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
+        "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
+    }
     register(
         app, queue="webhooks",
-        routes={"webhooks.process_event": "webhooks", "webhooks.*": "default"},
-        annotations={"webhooks.process_event": {
-            "max_retries": cfg["WEBHOOK_MAX_RETRIES"],
-            "retry_backoff": cfg["WEBHOOK_RETRY_BACKOFF"],
-            "retry_backoff_max": cfg["WEBHOOK_RETRY_BACKOFF_MAX"],
-            "retry_jitter": cfg["WEBHOOK_RETRY_JITTER"],
-            "soft_time_limit": cfg["WEBHOOK_SOFT_TIME_LIMIT"],
-            "time_limit": cfg["WEBHOOK_TIME_LIMIT"],
-        }},
+        routes={"webhooks.process_event": "webhooks", "webhooks.process_events": "webhooks",
+                "webhooks.*": "default"},
+        # A batch's time limits are an event's: a batch runs in well under a second, and
+        # past its soft limit it hands its remaining events back one by one.
+        annotations={"webhooks.process_event": retry_policy,
+                     "webhooks.process_events": retry_policy},
         beat={
             "webhooks-relay": {
                 "task": "webhooks.relay_pending",
                 "schedule": cfg["RELAY_INTERVAL_SECONDS"],
-                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 5.0)},
+                # A pass lasts up to RELAY_PASS_SECONDS: passes that would wait behind it
+                # expire rather than pile up.
+                "options": {"expires": max(cfg["RELAY_INTERVAL_SECONDS"], 1.0)},
             },
             # Daily, at a quiet hour (UTC).
             "webhooks-purge-payloads": {

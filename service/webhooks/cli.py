@@ -147,6 +147,30 @@ def purge(cutoff, dry_run, as_json):
                    f"{report.cutoff}")
 
 
+@cli.command("relay")
+@click.option("--until-empty", is_flag=True,
+              help="Go on until nothing is outstanding, waiting for room as the workers "
+                   "drain the queue (Ctrl-C stops), instead of one pass.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def relay(until_empty, as_json):
+    """Publish stored events the broker does not have, as the queue has room.
+
+    What beat's relay does every RELAY_INTERVAL_SECONDS, run now. Exit 0, or 1 when the
+    broker is unreachable (the events stay stored for the next pass).
+    """
+    from service.webhooks.relay import relay_pending
+
+    report = relay_pending(until_empty=until_empty)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        click.echo(f"{report.enqueued} event(s) published in {report.jobs} job(s) "
+                   f"({report.found} claimed)"
+                   + ("; broker unavailable, the rest stays stored" if report.broker_down
+                      else ""))
+    sys.exit(1 if report.broker_down else 0)
+
+
 @cli.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(as_json):

@@ -61,6 +61,32 @@ class LeaseKeeper:
             with self._lock:
                 self._held.pop(event_pk, None)
 
+    @contextlib.contextmanager
+    def hold_all(self, leases: dict[int, str]) -> Iterator[None]:
+        """Keep every lease of a batch alive (event pk -> token) while the block runs.
+
+        The batch calls `done` for each event as it finishes, so a finished event's lease
+        is no longer renewed while the rest of the batch runs; whatever is left is let go
+        when the block ends, however it ends.
+        """
+        self._ensure_thread()
+        now = time.monotonic()
+        with self._lock:
+            for event_pk, token in leases.items():
+                self._held[event_pk] = (token, now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for event_pk, token in leases.items():
+                    if self._held.get(event_pk, (None,))[0] == token:
+                        del self._held[event_pk]
+
+    def done(self, event_pk: int) -> None:
+        """Stop renewing `event_pk`'s lease (its outcome is committed)."""
+        with self._lock:
+            self._held.pop(event_pk, None)
+
     def renew_due(self) -> int:
         """Renew every lease held longer than the interval since its last renewal."""
         now = time.monotonic()

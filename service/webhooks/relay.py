@@ -1,16 +1,31 @@
-"""The relay: hands the broker every stored event it does not have.
+"""The relay: hands the broker every stored event it does not have, as the queue has room.
 
-Four kinds of rows are outstanding without a message on the way: `received` rows whose
-publish failed (broker down at intake), `queued` rows whose message was lost (a broker
-restart that kept nothing), `processing` rows whose lease expired (a worker killed
+Four kinds of rows are outstanding without a message on the way: `received` rows (intake
+stored them without publishing: the queue was past WEBHOOK_DIRECT_PUBLISH_DEPTH, at its
+bound, or the broker was down), `queued` rows whose message was lost (a broker restart
+that kept nothing, or a web process that died between its commit and its publish: the
+publish lease has expired), `processing` rows whose lease expired (a worker killed
 mid-task, whose unacknowledged message Redis would only return after its visibility
 timeout), and `queued` rows waiting for a retry whose lease expired (the worker holding
-the delayed retry message died). Oldest first; it stops at the first refused publish.
+the delayed retry message died).
+
+Pull by demand: a pass reads the room left under the queue's bound, claims that many
+outstanding rows, oldest first, in one statement (`UPDATE ... WHERE id IN (SELECT ...
+FOR UPDATE SKIP LOCKED LIMIT n) RETURNING id`: several relays at once never claim the
+same row), and publishes them in one Lua call as `webhooks.process_events` jobs of
+WEBHOOK_EVENTS_PER_JOB events, each counting its events in the queue's depth. The bound
+holds by construction: the claim is sized by the room, and the Lua gate checks it again.
+Whatever the broker did not take goes back to `received` in one statement. The pass goes
+on while there is work, waiting briefly for room as the workers drain the queue, for up
+to RELAY_PASS_SECONDS; beat starts one every RELAY_INTERVAL_SECONDS. So a backlog is fed
+to the workers as fast as they free room, in a few statements and round trips per
+thousand events, and nothing waits for a sweep.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -20,18 +35,23 @@ from sqlalchemy import and_, or_, select, update
 
 from service.clock import utcnow
 from service.extensions import db
+from service.fastsql import Statement, fetch_all
 from service.queues.depth import oldest_wait_seconds
-from service.queues.publishing import BROKER_DOWN, SENT, room
+from service.queues.publishing import Job, room, send_batch
 from service.webhooks.models import EventStatus, WebhookEvent
-from service.webhooks.queueing import mark_unpublished, publish_lease, send_event
+from service.webhooks.queueing import BATCH_TASK, QUEUE, TASK, publish_lease
 
 log = logging.getLogger(__name__)
+
+# How long a pass waits before it looks for room again when the queue is at its bound.
+ROOM_POLL_SECONDS = 0.05
 
 
 @dataclass
 class RelayReport:
     found: int = 0
     enqueued: int = 0
+    jobs: int = 0
     broker_down: bool = False
 
     def as_dict(self) -> dict:
@@ -63,41 +83,48 @@ def queue_horizon(now):
     taken off it already (or never put on). So an expired lease alone never republishes
     an event that is merely waiting behind a deep queue.
     """
-    wait = oldest_wait_seconds(current_app.extensions["redis"], "webhooks")
+    wait = oldest_wait_seconds(current_app.extensions["redis"], QUEUE)
     return now if wait is None else now - timedelta(seconds=wait)
 
 
-def relay_pending(*, limit: int | None = None) -> RelayReport:
-    """Publish outstanding events, oldest first, as far as the queue has room."""
-    now = utcnow()
-    available = room("webhooks")
-    if available is None:
-        return RelayReport(broker_down=True)
+def relay_pending(*, limit: int | None = None, until_empty: bool = False) -> RelayReport:
+    """Publish outstanding events, oldest first, as far as the queue has room.
+
+    Loops while there is work, for up to RELAY_PASS_SECONDS (`until_empty`: until
+    nothing is outstanding, however long the workers take to make room), or until
+    `limit` events are published. Stops at once when the broker is down.
+    """
+    cfg = current_app.config
+    deadline = time.monotonic() + cfg["RELAY_PASS_SECONDS"]
+    report = RelayReport()
+    more = False  # known to have work left that did not fit
     try:
-        horizon = queue_horizon(now)
+        while limit is None or report.enqueued < limit:
+            available = room(QUEUE)
+            if available is None:
+                report.broker_down = True
+                break
+            wanted = min(available, cfg["RELAY_BATCH_SIZE"])
+            if limit is not None:
+                wanted = min(wanted, limit - report.enqueued)
+            if wanted > 0:
+                claimed = _claim(wanted)
+                report.found += len(claimed)
+                if claimed and not _publish(claimed, report):
+                    break  # the broker is down
+                more = len(claimed) == wanted
+                if not more:
+                    break  # that was all there was
+            elif not more and not _outstanding():
+                break
+            else:
+                more = True
+            if not until_empty and time.monotonic() >= deadline:
+                break
+            if wanted <= 0:
+                time.sleep(ROOM_POLL_SECONDS)
     except redis.RedisError:
-        return RelayReport(broker_down=True)
-    limit = min(limit or current_app.config["RELAY_BATCH_SIZE"], available)
-    if limit <= 0:
-        return RelayReport()
-    rows = db.session.execute(
-        select(WebhookEvent.id, WebhookEvent.status)
-        .where(outstanding_filter(now, horizon))
-        .order_by(WebhookEvent.received_at, WebhookEvent.id)
-        .limit(limit)
-    ).all()
-    db.session.rollback()
-    report = RelayReport(found=len(rows))
-    for event_pk, status in rows:
-        if not _requeue(event_pk, status, now, horizon):
-            continue
-        # Room is checked on every publish: intake publishes during the pass as well.
-        outcome = send_event(event_pk)
-        if outcome != SENT:
-            report.broker_down = outcome == BROKER_DOWN
-            mark_unpublished(event_pk)
-            break
-        report.enqueued += 1
+        report.broker_down = True
     if report.broker_down:
         log.warning("relay pass stopped: broker unavailable",
                     extra={"count": report.enqueued, "outcome": "broker_down"})
@@ -106,21 +133,78 @@ def relay_pending(*, limit: int | None = None) -> RelayReport:
     return report
 
 
-def _requeue(event_pk: int, status: str, now, horizon) -> bool:
-    """Mark the row queued before publishing, guarded on the state it was found in.
+def _claim(count: int) -> list[int]:
+    """Mark up to `count` outstanding rows queued, oldest first, and return their ids.
 
-    Taking an expired lease away here means a worker that somehow still runs cannot
-    commit its result: its final UPDATE checks the lease token. Commits on its own, on
-    purpose: the row must be `queued` before its message exists, and no publish happens
-    inside a transaction.
+    One statement, committed on its own, on purpose: a row must be `queued` (under a
+    publish lease, so a relay that dies before publishing leaves it to the next pass)
+    before its message exists, and no publish happens inside a transaction. SKIP LOCKED
+    lets several relays, and intake, work at once without waiting for or taking each
+    other's rows. Taking an expired processing lease away here means a worker that
+    somehow still runs cannot commit its result: its final UPDATE checks the lease token.
     """
-    changed = db.session.execute(
-        update(WebhookEvent)
-        .where(WebhookEvent.id == event_pk, WebhookEvent.status == status,
-               outstanding_filter(now, horizon))
+    now = utcnow()
+    horizon = queue_horizon(now)
+    chosen = (select(WebhookEvent.id).where(outstanding_filter(now, horizon))
+              .order_by(WebhookEvent.received_at, WebhookEvent.id).limit(count)
+              .with_for_update(skip_locked=True))
+    ids = db.session.execute(
+        update(WebhookEvent).where(WebhookEvent.id.in_(chosen.scalar_subquery()))
         .values(status=EventStatus.QUEUED, queued_at=now, lease_token=None,
                 lease_expires_at=publish_lease(now))
-    ).rowcount
+        .returning(WebhookEvent.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
     db.session.commit()
-    return bool(changed)
+    return sorted(ids)
 
+
+def _outstanding() -> bool:
+    """Whether anything waits for the relay (asked only while the queue is full)."""
+    now = utcnow()
+    found = db.session.execute(
+        select(WebhookEvent.id).where(outstanding_filter(now, queue_horizon(now))).limit(1)
+    ).first()
+    db.session.rollback()
+    return found is not None
+
+
+def _publish(event_pks: list[int], report: RelayReport) -> bool:
+    """Send claimed events in jobs; put back what the broker did not take. True to go on."""
+    per_job = max(1, current_app.config["WEBHOOK_EVENTS_PER_JOB"])
+    chunks = [event_pks[i:i + per_job] for i in range(0, len(event_pks), per_job)]
+    jobs = [Job(TASK, [chunk[0]]) if len(chunk) == 1 else Job(BATCH_TASK, [chunk], len(chunk))
+            for chunk in chunks]
+    sent = send_batch(jobs, queue=QUEUE)
+    taken = sum(len(chunk) for chunk in chunks[:sent or 0])
+    report.enqueued += taken
+    report.jobs += sent or 0
+    if taken < len(event_pks):
+        put_back(event_pks[taken:])
+        report.broker_down = sent is None
+        return sent is not None  # the queue filled meanwhile: wait for room
+    return True
+
+
+# The relay's own rows, put back to `received` in one statement: no one else touches a
+# `queued` row under its publish lease.
+_PUT_BACK = {
+    "postgresql": Statement(
+        "UPDATE webhook_events SET status = :received, queued_at = NULL,"
+        " lease_expires_at = NULL WHERE id = ANY(:event_pks) AND status = :queued"),
+    "sqlite": Statement(
+        "UPDATE webhook_events SET status = :received, queued_at = NULL,"
+        " lease_expires_at = NULL WHERE id IN :event_pks AND status = :queued",
+        expanding=("event_pks",)),
+}
+
+
+def put_back(event_pks: list[int]) -> None:
+    """Rows marked `queued` whose publish failed go back to `received`, for the next pass.
+
+    One autocommit statement, on purpose: the rows were committed as `queued` before the
+    publish (a worker must find them), so their correction is a transaction of its own.
+    """
+    fetch_all(_PUT_BACK[db.engine.dialect.name], {
+        "event_pks": list(event_pks), "received": EventStatus.RECEIVED,
+        "queued": EventStatus.QUEUED})

@@ -1,18 +1,23 @@
-"""Celery tasks of the webhooks domain: processing one event, and the relay."""
+"""Celery tasks of the webhooks domain: processing one event or a batch, and the relay."""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
+from collections.abc import Callable
 
 from celery import shared_task
+from celery.exceptions import Retry
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.logs import event_var
+from service.queues.publishing import release
 from service.webhooks import processing, relay, retention
 from service.webhooks.exceptions import OrderNotYetKnown, PermanentError, TransientError
 from service.webhooks.metrics import EVENTS
+from service.webhooks.queueing import QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +62,35 @@ def _attempt(task, event_pk: int) -> str:
     except SQLAlchemyError as exc:
         # The database is unreachable: retry this message, rather than let Celery ack a
         # failed task and leave the event to the relay's slower sweep.
-        raise task.retry(exc=exc, countdown=backoff_delay(
-            task.request.retries, factor=task.retry_backoff, maximum=task.retry_backoff_max,
-            jitter=task.retry_jitter)) from None
+        raise _retry_message(task, exc) from None
     if claimed is None:
         log.info("event already handled or leased", extra={"event_pk": event_pk,
                                                            "outcome": "skipped"})
         return "skipped"
+
+    def retry_later(exc: TransientError, countdown: float) -> None:
+        raise task.retry(exc=exc, countdown=countdown) from None
+
+    with current_app.extensions["lease_keeper"].hold(claimed.event_pk, claimed.token):
+        return _settle(task, claimed, retries=task.request.retries, retry_later=retry_later)
+
+
+def _settle(task, claimed: processing.Claim, *, retries: int,
+            retry_later: Callable[[TransientError, float], None]) -> str:
+    """Apply a claimed event and record its outcome: the one path for both tasks.
+
+    A transient error defers the event (queued, with a lease covering the wait) and
+    calls `retry_later(exc, countdown)`; a permanent one, or one out of retries or
+    attempts, records its failure row.
+    """
+    cfg = current_app.config
     try:
-        with current_app.extensions["lease_keeper"].hold(claimed.event_pk, claimed.token):
-            outcome = processing.apply(claimed)
+        outcome = processing.apply(claimed)
     except PermanentError as exc:
         return "failed" if processing.record_failure(claimed, error=str(exc)) else "lost_lease"
     except TransientError as exc:
-        retries = task.request.retries
         reason = _exhausted(exc, retries=retries, max_retries=task.max_retries,
-                            attempts=claimed.attempts, max_attempts=max_attempts,
+                            attempts=claimed.attempts, max_attempts=cfg["WEBHOOK_MAX_ATTEMPTS"],
                             order_wait=cfg["ORDER_WAIT_RETRIES"])
         if reason is not None:
             recorded = processing.record_failure(claimed, error=f"{reason}: {exc}")
@@ -80,15 +98,94 @@ def _attempt(task, event_pk: int) -> str:
         countdown = backoff_delay(retries, factor=task.retry_backoff,
                                   maximum=task.retry_backoff_max, jitter=task.retry_jitter)
         if not processing.defer(claimed, error=str(exc), countdown=countdown,
-                                lease_seconds=lease):
+                                lease_seconds=cfg["PROCESSING_LEASE_SECONDS"]):
             return "lost_lease"
         log.warning("event will be retried", extra={
-            "event_pk": event_pk, "retries": retries + 1, "countdown": countdown,
+            "event_pk": claimed.event_pk, "retries": retries + 1, "countdown": countdown,
             "error": str(exc)[:200]})
         EVENTS.inc(outcome="retried")
-        raise task.retry(exc=exc, countdown=countdown) from None
-    log.info("event handled", extra={"event_pk": event_pk, "outcome": outcome})
+        retry_later(exc, countdown)
+        return "retried"
+    log.info("event handled", extra={"event_pk": claimed.event_pk, "outcome": outcome})
     return outcome
+
+
+def _retry_message(task, exc: Exception) -> Exception:
+    return task.retry(exc=exc, countdown=backoff_delay(
+        task.request.retries, factor=task.retry_backoff, maximum=task.retry_backoff_max,
+        jitter=task.retry_jitter))
+
+
+@shared_task(bind=True, name="webhooks.process_events", acks_late=True,
+             reject_on_worker_lost=True, ignore_result=True)
+def process_events(self, event_pks: list[int]) -> dict:
+    """Apply a batch of stored events (the relay's job), each in its own transaction.
+
+    The batch claims its events in one statement and holds their leases while it runs,
+    so a worker killed mid-batch leaves leases that expire and bring the relay, as for
+    one event. Each event is applied, and its outcome recorded, exactly as
+    `process_event` does (exactly once under its lease, a failure row per failed event);
+    a transient error defers that event alone and sends it to `process_event` with its
+    backoff, the rest of the batch going on. The batch's weight leaves the queue's depth
+    when it ends, however it ends (unless the message itself is retried: the retry
+    carries it).
+    """
+    release_weight = True
+    try:
+        return _process_batch(self, event_pks)
+    except Retry:
+        release_weight = False
+        raise
+    finally:
+        if release_weight:
+            release(QUEUE, len(event_pks))
+
+
+def _process_batch(task, event_pks: list[int]) -> dict:
+    cfg = current_app.config
+    max_attempts = cfg["WEBHOOK_MAX_ATTEMPTS"]
+    outcomes: Counter[str] = Counter()
+    try:
+        claims = processing.claim_many(event_pks, lease_seconds=cfg["PROCESSING_LEASE_SECONDS"],
+                                       max_attempts=max_attempts)
+        claimed = {claim.event_pk for claim in claims}
+        for event_pk in event_pks:
+            if event_pk in claimed:
+                continue
+            outcome = "failed" if processing.give_up(event_pk, max_attempts=max_attempts) \
+                else "skipped"
+            if outcome == "skipped":
+                log.info("event already handled or leased",
+                         extra={"event_pk": event_pk, "outcome": "skipped"})
+            outcomes[outcome] += 1
+    except SQLAlchemyError as exc:
+        raise _retry_message(task, exc) from None
+
+    keeper = current_app.extensions["lease_keeper"]
+    with keeper.hold_all({claim.event_pk: claim.token for claim in claims}):
+        for claim in claims:
+            token = event_var.set(str(claim.event_pk))
+            try:
+                outcomes[_settle(task, claim, retries=0, retry_later=_retry_alone(claim))] += 1
+            finally:
+                keeper.done(claim.event_pk)
+                event_var.reset(token)
+    for outcome, count in outcomes.items():
+        if outcome != "retried":  # counted as it was deferred
+            EVENTS.inc(count, outcome=outcome)
+    return dict(outcomes)
+
+
+def _retry_alone(claim: processing.Claim) -> Callable[[TransientError, float], None]:
+    def later(exc: TransientError, countdown: float) -> None:
+        # Its first retry: `process_event` takes it from there, with its own backoff. If
+        # the broker refuses, the deferred row's lease brings the relay instead.
+        try:
+            process_event.apply_async(args=[claim.event_pk], countdown=countdown, retries=1)
+        except Exception as error:  # kombu's connection errors vary by transport
+            log.warning("retry not sent, left to the relay",
+                        extra={"event_pk": claim.event_pk, "error": type(error).__name__})
+    return later
 
 
 def _exhausted(exc: TransientError, *, retries: int, max_retries: int, attempts: int,
@@ -105,7 +202,8 @@ def _exhausted(exc: TransientError, *, retries: int, max_retries: int, attempts:
 
 @shared_task(name="webhooks.relay_pending", ignore_result=True)
 def relay_pending() -> dict:
-    """Beat task: enqueue stored events the broker does not have (see `relay`)."""
+    """Beat task: enqueue stored events the broker does not have, as the queue has room,
+    for up to RELAY_PASS_SECONDS (see `relay`)."""
     return relay.relay_pending().as_dict()
 
 

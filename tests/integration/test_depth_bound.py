@@ -10,6 +10,7 @@ as room appears. A background thread samples the queue depth every 20 ms through
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from service.clock import utcnow
 from service.extensions import db
 from service.queues.depth import depth
 from service.queues.hooks import CONSUMERS_KEY
+from service.queues.publishing import release
 from service.webhooks.intake import accept_event
 from service.webhooks.models import WebhookEvent
 from service.webhooks.relay import relay_pending
@@ -169,6 +171,22 @@ def test_ten_thousand_events_through_a_slow_worker_never_pass_the_bound_and_run_
     assert log.count('"msg": "event handled"') == EVENTS
 
 
+def store_backlog(bounded_app, count: int) -> None:
+    """Events stored while the queue was full (intake refused to publish them), which
+    has since drained: `received`, old enough for the relay."""
+    redis = bounded_app.extensions["redis"]
+    with bounded_app.app_context():
+        dedup = bounded_app.extensions["webhook_dedup"]
+        redis.rpush("webhooks", *[b"placeholder"] * BOUND)
+        for index in range(count):
+            assert not accept_event(counted_event(index), dedup=dedup, request_id=None).queued
+        redis.delete("webhooks")
+        db.session.execute(update(WebhookEvent).values(
+            received_at=utcnow() - timedelta(seconds=10)))
+        db.session.commit()
+        db.session.remove()
+
+
 def test_relay_and_intake_publishing_at_once_never_pass_the_bound(clean, bounded_app):
     """A backlog left by an outage is relayed while deliveries keep arriving.
 
@@ -176,17 +194,8 @@ def test_relay_and_intake_publishing_at_once_never_pass_the_bound(clean, bounded
     """
     redis = clean.extensions["redis"]
     gate = BOUND - HEADROOM
-    with bounded_app.app_context():
-        dedup = bounded_app.extensions["webhook_dedup"]
-        # The backlog: events stored while the queue was full, which has since drained.
-        redis.rpush("webhooks", *[b"placeholder"] * gate)
-        for index in range(2 * gate):
-            assert not accept_event(counted_event(index), dedup=dedup, request_id=None).queued
-        redis.delete("webhooks")
-        db.session.execute(update(WebhookEvent).values(
-            received_at=utcnow() - timedelta(seconds=10)))
-        db.session.commit()
-        db.session.remove()
+    store_backlog(bounded_app, 2 * gate)
+    dedup = bounded_app.extensions["webhook_dedup"]
 
     reports = []
 
@@ -217,3 +226,95 @@ def test_relay_and_intake_publishing_at_once_never_pass_the_bound(clean, bounded
     assert reports and reports[0].enqueued > 0 and arrived > 0
     assert peak == queued
     assert peak <= BOUND, f"webhooks depth {peak} past its bound {BOUND}"
+
+
+def _event_pks(raw: bytes) -> tuple[list[int], int]:
+    """The events a message carries, and its weight in the depth."""
+    envelope = json.loads(raw)
+    args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    if envelope["headers"]["task"] == "webhooks.process_events":
+        return list(args[0]), len(args[0])
+    return [args[0]], 1
+
+
+def test_three_relays_intake_and_a_consumer_at_once_never_pass_the_bound_nor_publish_twice(
+        clean, bounded_app):
+    """Three relay passes claim and publish the same backlog while intake stores and
+    publishes new deliveries and a consumer takes messages off the queue (releasing each
+    batch's weight as a worker does). No event is published twice, none is lost, and
+    the weighted depth never passes the bound."""
+    redis = clean.extensions["redis"]
+    store_backlog(bounded_app, 3 * BOUND)
+    dedup = bounded_app.extensions["webhook_dedup"]
+    time.sleep(1.1)  # intake's pause after a full queue is over: it publishes again
+
+    sampler = DepthSampler(clean.config["REDIS_URL"], interval=0.005)
+    stop = threading.Event()
+    taken: list[int] = []
+    errors: list[BaseException] = []
+    reports = []
+    arrived = 0
+
+    def relay() -> None:
+        try:
+            with bounded_app.app_context():
+                while not stop.is_set():
+                    reports.append(relay_pending())
+                db.session.remove()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def consume() -> None:
+        try:
+            with bounded_app.app_context():
+                while not stop.is_set():
+                    raw = redis.rpop("webhooks")
+                    if raw is None:
+                        time.sleep(0.01)
+                        continue
+                    pks, weight = _event_pks(raw)
+                    taken.extend(pks)
+                    time.sleep(0.002 * weight)  # a worker applying them
+                    release("webhooks", weight)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def intake() -> None:
+        nonlocal arrived
+        try:
+            with bounded_app.app_context():
+                while not stop.is_set() and arrived < 1_500:
+                    accept_event(counted_event(100_000 + arrived), dedup=dedup, request_id=None)
+                    arrived += 1
+                db.session.remove()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=relay, name=f"relay-{n}") for n in range(3)]
+    threads += [threading.Thread(target=consume, name="consumer"),
+                threading.Thread(target=intake, name="intake")]
+    sampler.start()
+    for thread in threads:
+        thread.start()
+    time.sleep(8)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    sampler.stop()
+
+    assert not errors, errors
+    waiting = [pk for raw in redis.lrange("webhooks", 0, -1) for pk in _event_pks(raw)[0]]
+    published = taken + waiting
+    with clean.app_context():
+        queued = {row[0] for row in db.session.execute(text(
+            "SELECT id FROM webhook_events WHERE status = 'queued'")).all()}
+        total = scalar("SELECT count(*) FROM webhook_events")
+        db.session.remove()
+    print(f"\n{len(reports)} relay passes, {arrived} deliveries meanwhile, {len(taken)} events "
+          f"taken by the consumer, {len(waiting)} waiting; max depth {max(sampler.samples)} "
+          f"of {BOUND} over {len(sampler.samples)} samples")
+    assert len(published) == len(set(published)), "an event was published twice"
+    assert set(published) == queued, "a queued row has no message, or a message no row"
+    assert total == 3 * BOUND + arrived
+    assert len(taken) > BOUND  # the relays really fed a draining queue
+    assert max(sampler.samples) <= BOUND

@@ -534,6 +534,36 @@ def test_broker_down_still_stores_fast_and_the_relay_publishes_later(build_app, 
     assert len(webhook_messages(clean)) == 1
 
 
+def test_past_the_direct_publish_mark_intake_only_stores_and_pauses_its_publishing(
+        build_app, clean, monkeypatch):
+    """A busy queue: the first refused publish takes its row back and pauses direct
+    publishing in the process; meanwhile deliveries are only stored, for the relay."""
+    from service.webhooks import intake
+
+    monkeypatch.setattr(intake, "PAUSE_WHEN_FULL_SECONDS", 60)  # outlasts a slow machine
+    busy = build_app({"WEBHOOK_DIRECT_PUBLISH_DEPTH": 2})
+    redis = clean.extensions["redis"]
+    redis.rpush("webhooks", b"waiting", b"waiting")
+    client = busy.test_client()
+
+    answers = [post_stripe(client, stripe_event("payment_intent.succeeded",
+                                                {"id": f"pi_busy_{n}"})[0]) for n in range(3)]
+
+    assert [a.get_json()["status"] for a in answers] == ["stored"] * 3
+    assert [(r["status"], r["queued_at"]) for r in stored_events(clean)] == \
+        [("received", None)] * 3
+    assert redis.lrange("webhooks", 0, -1) == [b"waiting", b"waiting"]
+    assert not busy.extensions["webhook_direct_publishing"].allowed()
+
+    # Room again and the pause over: intake publishes itself.
+    redis.delete("webhooks")
+    busy.extensions["webhook_direct_publishing"].resume()
+    body, _ = stripe_event("payment_intent.succeeded", {"id": "pi_quiet"})
+    assert post_stripe(client, body).get_json()["status"] == "stored"
+    assert [r["status"] for r in stored_events(clean)] == ["received"] * 3 + ["queued"]
+    assert [m["task"] for m in webhook_messages(clean)] == ["webhooks.process_event"]
+
+
 def test_event_committed_but_never_published_is_relayed_once_its_publish_lease_expires(clean):
     """A web process that dies between the commit and the publish leaves a `queued` row
     with no message; its publish lease lets the relay find it. A row whose lease has

@@ -17,9 +17,26 @@ from collections import Counter
 
 import pytest
 
-from service.queues.depth import ENQUEUED_AT_HEADER, PRIORITY_SEPARATOR, depth, queue_keys
+from service.queues.depth import (
+    ENQUEUED_AT_HEADER,
+    PRIORITY_SEPARATOR,
+    depth,
+    depths,
+    queue_keys,
+    weight_key,
+)
 from service.queues.hooks import CONSUMERS_KEY
-from service.queues.publishing import BROKER_DOWN, FULL, SENT, gate, room, send
+from service.queues.publishing import (
+    BROKER_DOWN,
+    FULL,
+    SENT,
+    Job,
+    gate,
+    release,
+    room,
+    send,
+    send_batch,
+)
 from tests.support.processes import start_worker
 from tests.support.queue_handlers import RECORDED_KEY
 from tests.support.waiting import wait_until
@@ -110,6 +127,83 @@ def test_messages_waiting_on_the_priority_lists_count_toward_the_gate(build_app,
     assert broker.llen(QUEUE) == 5  # pushed onto the plain (priority 0) list only
     assert [broker.llen(key) for key in queue_keys(QUEUE)] == [5, 12, 0, 3]
     assert depth(broker, QUEUE) == 20
+
+
+# --- weights, batches and the lower mark ---------------------------------------------
+
+
+def test_a_batch_message_counts_its_weight_until_released(build_app, broker):
+    gated = gated_app(build_app, 100)
+    with gated.app_context():
+        pushed = send_batch([Job(TASK, [[1, 2, 3]], 50), Job(TASK, [[4]], 30),
+                             Job(TASK, [[5]], 30)], queue=QUEUE)
+        # 50 + 30 fit; the third would take the depth to 110: it and what follows stay.
+        assert pushed == 2
+        assert broker.llen(QUEUE) == 2
+        assert depth(broker, QUEUE) == 80
+        assert depths(broker, [QUEUE, "orders"]) == {QUEUE: 80, "orders": 0}
+        assert 0 < broker.ttl(weight_key(QUEUE)) <= 3600
+        assert room(QUEUE) == 20
+        assert send(TASK, [6], queue=QUEUE) == SENT
+        # Taking a message off the list leaves its weight counted: its task still runs.
+        broker.rpop(QUEUE)
+        assert depth(broker, QUEUE) == 80
+        release(QUEUE, 50)
+        assert depth(broker, QUEUE) == 31
+        release(QUEUE, 30)
+        release(QUEUE, 30)  # released twice (a message delivered twice): never below zero
+        assert depth(broker, QUEUE) == 2
+        assert broker.exists(weight_key(QUEUE)) == 0
+        release(QUEUE, 1)  # a one-event job carries no extra weight
+        assert depth(broker, QUEUE) == 2
+
+
+def test_concurrent_batches_never_pass_the_gate(build_app, broker):
+    gated = gated_app(build_app, 200)
+    pushed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def publisher(index: int) -> None:
+        with gated.app_context():
+            start.wait(timeout=10)
+            for n in range(10):
+                sent = send_batch([Job(TASK, [[index, n]], 7), Job(TASK, [[index, n]], 7)],
+                                  queue=QUEUE)
+                with lock:
+                    pushed.append(sent)
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # 200 // 7 = 28 messages fit, whoever sent them.
+    assert sum(pushed) == 28
+    assert broker.llen(QUEUE) == 28
+    assert depth(broker, QUEUE) == 196
+
+
+def test_below_publishes_only_under_the_lower_mark(build_app, broker):
+    gated = gated_app(build_app, 100)
+    with gated.app_context():
+        outcomes = [send(TASK, [n], queue=QUEUE, below=3) for n in range(5)]
+        assert room(QUEUE, below=3) == 0
+        assert room(QUEUE) == 97
+        assert send(TASK, ["no mark"], queue=QUEUE) == SENT
+        # A mark above the gate is the gate.
+        assert gate(QUEUE, below=10_000) == gate(QUEUE) == 100
+    assert outcomes == [SENT] * 3 + [FULL] * 2
+    assert depth(broker, QUEUE) == 4
+
+
+def test_a_batch_to_a_dead_broker_answers_none(build_app, broker):
+    no_broker = build_app({"REDIS_URL": DEAD_REDIS_URL})
+    with no_broker.app_context():
+        assert send_batch([Job(TASK, [[1]], 5)], queue=QUEUE) is None
+        assert send_batch([], queue=QUEUE) == 0
+        release(QUEUE, 5)  # never raises
+    assert depth(broker, QUEUE) == 0
 
 
 # --- also_set --------------------------------------------------------------------------
