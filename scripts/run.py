@@ -62,21 +62,31 @@ def start_redis(instance: Path) -> tuple[str, subprocess.Popen]:
          "--save", "", "--appendonly", "yes", "--appendfilename", "racine.aof"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    def answers_ping(conn: socket.socket) -> bool:
+        conn.sendall(b"PING\r\n")
+        return conn.recv(16).startswith(b"+PONG")
+
+    await_port(proc, port, answers_ping, what="Redis", log=instance / "redis.log")
+    say(f"embedded Redis ({binary}) on 127.0.0.1:{port}")
+    return f"redis://127.0.0.1:{port}/0", proc
+
+
+def await_port(proc: subprocess.Popen, port: int, ready, *, what: str, log: Path) -> None:
+    """Wait up to 15 s until `ready(connection)` holds on 127.0.0.1:`port`; a process that
+    exits or never gets there is killed and the run stops, naming its log."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    say(f"embedded Redis ({binary}) on 127.0.0.1:{port}")
-                    return f"redis://127.0.0.1:{port}/0", proc
+                if ready(conn):
+                    return
         except OSError:
             pass
         if proc.poll() is not None:
             break
         time.sleep(0.1)
     proc.kill()
-    raise SystemExit(f"run: Redis did not start; see {instance / 'redis.log'}")
+    raise SystemExit(f"run: {what} did not start; see {log}")
 
 
 def start_erp_standin(instance: Path, env: dict) -> tuple[str, str, subprocess.Popen]:
@@ -91,19 +101,10 @@ def start_erp_standin(instance: Path, env: dict) -> tuple[str, str, subprocess.P
         env={**env, "ERP_API_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                say(f"ERP stand-in on 127.0.0.1:{port} (a stand-in, not an ERP: docs/erp.md)")
-                return f"http://127.0.0.1:{port}", token, proc
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"run: the ERP stand-in did not start; see {instance / 'erp-standin.log'}")
+    await_port(proc, port, lambda _conn: True, what="the ERP stand-in",
+               log=instance / "erp-standin.log")
+    say(f"ERP stand-in on 127.0.0.1:{port} (a stand-in, not an ERP: docs/erp.md)")
+    return f"http://127.0.0.1:{port}", token, proc
 
 
 def stop(proc: subprocess.Popen | None, what: str) -> None:

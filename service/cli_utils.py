@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import click
 
-from service.clock import utcnow
+from service.clock import parse_iso, utcnow
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -92,10 +92,7 @@ def parse_time_point(value: str) -> datetime:
     if _DURATION.match(text):
         return utcnow() - parse_duration(text)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         raise ValueError(f"{value!r} is neither a look-back like 2d nor an ISO date/time") \
             from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment

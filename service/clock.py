@@ -13,3 +13,11 @@ def utcnow() -> datetime:
 def iso(value: datetime | None) -> str | None:
     """A stored (naive UTC) time as ISO 8601 with the `Z` that says it is UTC."""
     return None if value is None else value.isoformat() + "Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """An ISO 8601 date/time (`Z` or an offset allowed) as naive UTC; ValueError otherwise."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import requests
 
+from service.clock import parse_iso
 from service.erp.exceptions import (
     ErpBadResponse,
     ErpCredentialsRejected,
@@ -155,10 +156,7 @@ def _parse_time(n: int, value) -> datetime:
     if not isinstance(value, str):
         raise ErpBadResponse(f"ERP /stock item {n} has no `updated_at`")
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_iso(value)
     except ValueError:
         raise ErpBadResponse(f"ERP /stock item {n} has an `updated_at` that is not ISO 8601") \
             from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
