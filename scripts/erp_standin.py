@@ -100,6 +100,7 @@ class ErpStandIn:
 
     def start(self) -> ErpStandIn:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                        kwargs={"poll_interval": 0.05},
                                         name="erp-standin")
         self._thread.start()
         return self

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from loadtests.stack import claim_redis_db
+from tests.support.processes import stop_all
 
 # Fixtures shared by several modules (the provider stand-ins for refunds, the ERP stand-in).
 pytest_plugins = ("tests.support.providers", "tests.support.erp")
@@ -191,5 +192,4 @@ def processes():
     """Every process a test starts (append them), stopped at the end whatever happened."""
     started = []
     yield started
-    for proc in reversed(started):
-        proc.stop()
+    stop_all(reversed(started))

@@ -43,7 +43,8 @@ class Messaging:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notify"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, daemon=True,
+                         kwargs={"poll_interval": 0.05}).start()
 
     def database_state(self, order_id: int) -> dict:
         with psycopg.connect(self.dsn, autocommit=True) as conn:

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from service.extensions import db
 from service.queues.depth import depth
 from tests.support.events import make_order, payment_intent, stripe_event, stripe_headers
-from tests.support.processes import start_worker
+from tests.support.processes import start_worker, stop_all
 from tests.support.waiting import wait_until
 
 FLOOD = 5_000
@@ -37,8 +37,7 @@ def split_workers(clean, tmp_path):
         webhooks.stop()
         raise
     yield webhooks, orders
-    orders.stop()
-    webhooks.stop()
+    stop_all([orders, webhooks])
 
 
 def event_row(event_id: str) -> dict | None:

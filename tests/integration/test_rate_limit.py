@@ -20,7 +20,7 @@ from service.extensions import db
 from service.queues.ratelimit import RateLimiter
 from tests.support.db import scalar
 from tests.support.events import make_order
-from tests.support.processes import start_worker
+from tests.support.processes import start_worker, stop_all
 from tests.support.waiting import wait_until
 
 # ---- helpers ------------------------------------------------------------------------
@@ -110,8 +110,7 @@ def three_workers(clean, tmp_path, relay):
     procs = start_workers(tmp_path, 3, env={"ORDERS_RATE_LIMIT": SCALED_RATE,
                                             "WEBHOOK_HANDLER_MODULES": WARM_UP_MODULES})
     yield procs
-    for proc in procs:
-        proc.stop()
+    stop_all(procs)
 
 
 def test_global_limit_holds_across_three_worker_processes_and_drops_no_job(
