@@ -132,9 +132,11 @@ def test_global_limit_holds_across_three_worker_processes_and_drops_no_job(
     assert scalar("SELECT count(DISTINCT order_id) FROM fulfilments") == JOBS
     times = fulfilment_times()
     # No sliding window ever held more than the limit: any LIMIT + 1 consecutive jobs span
-    # at least a period. The window is a little narrower than the period, for the few
-    # milliseconds between a job's hit in Redis and its row's timestamp.
-    assert all(times[i + SCALED_LIMIT] - times[i] >= SCALED_PERIOD - 0.1
+    # at least a period. The rows' timestamps trail the jobs' hits in Redis by a moment
+    # that varies with the machine's load (up to a few hundred ms on a busy CI host), so
+    # the span is checked to within half a second. A limit held per process (three
+    # times the rate) or not at all puts 21 jobs well inside 4.5 s, and still fails.
+    assert all(times[i + SCALED_LIMIT] - times[i] >= SCALED_PERIOD - 0.5
                for i in range(JOBS - SCALED_LIMIT)), times
     # ... so the work was spread over the windows it needed, not run in a burst.
     assert times[-1] >= (JOBS / SCALED_LIMIT - 1) * SCALED_PERIOD, times
