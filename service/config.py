@@ -325,7 +325,7 @@ def engine_options(settings: dict) -> dict:
     }
 
 
-# ---- Money safety (issue 8) ----------------------------------------------------------
+# ---- Money safety --------------------------------------------------------------------
 # Production mode, its secrets, the money rule's settings, PayPal's strict verification
 # and the processing edges (leases, attempts, retention). `check_settings` is called by
 # `create_app`, so the web process, the workers and beat refuse to start alike.

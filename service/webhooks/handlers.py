@@ -13,7 +13,7 @@ from flask import current_app
 
 from service.orders import money
 from service.orders import services as orders
-from service.webhooks.exceptions import PermanentError
+from service.webhooks.exceptions import OrderNotYetKnown, PermanentError
 
 Handler = Callable[[dict, str], object]
 
@@ -69,6 +69,8 @@ def _stripe_order_id(obj: dict, payment_intent_id: str | None) -> int:
         found = orders.order_id_for_payment("stripe", payment_intent_id)
         if found is not None:
             return found
+        # A refund or dispute that outran its payment's event: wait for the payment.
+        raise OrderNotYetKnown("no metadata.order_id, and its payment is not recorded yet")
     raise PermanentError("no metadata.order_id and no known payment to find the order by")
 
 
@@ -209,6 +211,8 @@ def _paypal_order_id(resource: dict, capture_id: str | None) -> int:
         found = orders.order_id_for_payment("paypal", capture_id)
         if found is not None:
             return found
+        # A refund or reversal that outran its capture's event: wait for the capture.
+        raise OrderNotYetKnown("no custom_id, and its capture is not recorded yet")
     raise PermanentError("no custom_id and no known capture to find the order by")
 
 

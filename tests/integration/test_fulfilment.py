@@ -86,3 +86,27 @@ def test_order_refunded_in_full_before_its_payment_is_never_fulfilled(worker, cl
     assert scalar("SELECT count(*) FROM outbox_jobs") == 0  # nothing was ever asked
     assert scalar("SELECT count(*) FROM fulfilments WHERE order_id = :o", o=order_id) == 0
     assert scalar("SELECT status FROM orders WHERE id = :o", o=order_id) == "refunded"
+
+
+def test_a_refund_naming_only_its_payment_waits_for_the_payment_that_comes_after_it(
+        worker, client, ctx):
+    """Stripe's refund objects carry no order metadata, only the payment intent. Arriving
+    before their payment, they wait for it (ORDER_WAIT_RETRIES), then count once."""
+    order_id = make_order(total_cents=1000)
+    intent = f"pi_{uuid.uuid4().hex[:16]}"
+    refund = {"id": f"re_{uuid.uuid4().hex[:12]}", "object": "refund", "amount": 400,
+              "currency": "eur", "payment_intent": intent, "status": "succeeded"}
+
+    refund_id = deliver(client, "refund.created", refund)
+    wait_until(lambda: scalar("SELECT attempts FROM webhook_events WHERE event_id = :e",
+                              e=refund_id), 20, "the refund's first attempt", logs=[worker])
+    assert not processed(refund_id)
+    payment_id = deliver(client, "payment_intent.succeeded",
+                         payment_intent(order_id, amount=1000, intent_id=intent))
+    wait_until(lambda: processed(refund_id, payment_id) and follow_ups_done(order_id), 60,
+               "the payment, then the refund that waited for it", logs=[worker])
+
+    assert scalar("SELECT count(*) FROM webhook_failures") == 0
+    assert scalar("SELECT status FROM orders WHERE id = :o", o=order_id) == "partially_refunded"
+    assert scalar("SELECT refunded_cents FROM orders WHERE id = :o", o=order_id) == 400
+    assert scalar("SELECT count(*) FROM fulfilments WHERE order_id = :o", o=order_id) == 1

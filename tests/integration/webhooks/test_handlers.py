@@ -10,7 +10,7 @@ from sqlalchemy import select
 from service.orders.exceptions import InvalidAmount
 from service.orders.models import Order, OrderStatusChange, Payment, Refund
 from service.webhooks import handlers, processing
-from service.webhooks.exceptions import PermanentError
+from service.webhooks.exceptions import OrderNotYetKnown, PermanentError
 from tests.support.events import make_order
 
 
@@ -171,6 +171,21 @@ def test_a_stripe_event_naming_no_order_is_a_permanent_error(ctx):
         handle(ctx, "stripe", "payment_intent.succeeded", event)
 
 
+def test_a_stripe_refund_whose_payment_is_not_recorded_yet_waits_for_it(ctx):
+    order_id = make_order(total_cents=1000)
+    refund = stripe({"id": "re_early", "object": "refund", "amount": 400, "currency": "eur",
+                     "payment_intent": "pi_1", "status": "succeeded"}, "evt_re_early")
+
+    with pytest.raises(OrderNotYetKnown, match="not recorded yet"):
+        handle(ctx, "stripe", "refund.created", refund)
+    ctx.rollback()
+    handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 1000))
+    handle(ctx, "stripe", "refund.created", refund)
+
+    assert refunds(ctx, order_id) == [("re_early", 400, "pi_1")]
+    assert order(ctx, order_id).status == "partially_refunded"
+
+
 # ---- PayPal -------------------------------------------------------------------------
 
 def test_paypal_capture_completed_pays_the_order(ctx):
@@ -202,6 +217,20 @@ def test_paypal_capture_refunded_finds_the_order_through_the_capture_link(ctx):
 
     assert order(ctx, order_id).status == "refunded"
     assert refunds(ctx, order_id) == [("REF-1", 1999, "CAP-1")]
+
+
+def test_a_paypal_refund_whose_capture_is_not_recorded_yet_waits_for_it(ctx):
+    order_id = make_order(total_cents=1999)
+    links = [{"rel": "up", "href": "https://api.paypal.com/v2/payments/captures/CAP-1"}]
+    refund = paypal_capture(None, "19.99", capture_id="REF-EARLY", links=links)
+
+    with pytest.raises(OrderNotYetKnown, match="not recorded yet"):
+        handle(ctx, "paypal", "PAYMENT.CAPTURE.REFUNDED", refund)
+    ctx.rollback()
+    handle(ctx, "paypal", "PAYMENT.CAPTURE.COMPLETED", paypal_capture(order_id, "19.99"))
+    handle(ctx, "paypal", "PAYMENT.CAPTURE.REFUNDED", refund)
+
+    assert order(ctx, order_id).status == "refunded"
 
 
 def test_paypal_capture_reversed_takes_the_money_back_like_a_refund(ctx):
