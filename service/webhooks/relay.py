@@ -13,7 +13,8 @@ Pull by demand: a pass reads the room left under the queue's bound, claims that 
 outstanding rows, oldest first, in one statement (`UPDATE ... WHERE id IN (SELECT ...
 FOR UPDATE SKIP LOCKED LIMIT n) RETURNING id`: several relays at once never claim the
 same row), and publishes them in one Lua call as `webhooks.process_events` jobs of
-WEBHOOK_EVENTS_PER_JOB events, each counting its events in the queue's depth. The bound
+WEBHOOK_EVENTS_PER_JOB events, each counting its events in the queue's depth (an event
+tried before, whose worker died under it, goes in a job of its own). The bound
 holds by construction: the claim is sized by the room, and the Lua gate checks it again.
 Whatever the broker did not take goes back to `received` in one statement. The pass goes
 on while there is work, waiting briefly for room as the workers drain the queue, for up
@@ -133,8 +134,9 @@ def relay_pending(*, limit: int | None = None, until_empty: bool = False) -> Rel
     return report
 
 
-def _claim(count: int) -> list[int]:
-    """Mark up to `count` outstanding rows queued, oldest first, and return their ids.
+def _claim(count: int) -> list[tuple[int, int]]:
+    """Mark up to `count` outstanding rows queued, oldest first, and return their
+    (id, attempts).
 
     One statement, committed on its own, on purpose: a row must be `queued` (under a
     publish lease, so a relay that dies before publishing leaves it to the next pass)
@@ -148,15 +150,15 @@ def _claim(count: int) -> list[int]:
     chosen = (select(WebhookEvent.id).where(outstanding_filter(now, horizon))
               .order_by(WebhookEvent.received_at, WebhookEvent.id).limit(count)
               .with_for_update(skip_locked=True))
-    ids = db.session.execute(
+    claimed = db.session.execute(
         update(WebhookEvent).where(WebhookEvent.id.in_(chosen.scalar_subquery()))
         .values(status=EventStatus.QUEUED, queued_at=now, lease_token=None,
                 lease_expires_at=publish_lease(now))
-        .returning(WebhookEvent.id)
+        .returning(WebhookEvent.id, WebhookEvent.attempts)
         .execution_options(synchronize_session=False)
-    ).scalars().all()
+    ).all()
     db.session.commit()
-    return sorted(ids)
+    return sorted((pk, attempts) for pk, attempts in claimed)
 
 
 def _outstanding() -> bool:
@@ -169,18 +171,27 @@ def _outstanding() -> bool:
     return found is not None
 
 
-def _publish(event_pks: list[int], report: RelayReport) -> bool:
+def job_groups(claimed: list[tuple[int, int]], per_job: int) -> list[list[int]]:
+    """The claimed events, grouped into jobs: events never tried before in batches of
+    `per_job`, an event tried before alone. An event whose worker died under it may be
+    the one that kills its worker; alone, it spends only its own attempts, never those
+    of the events that would share its batch again each time the relay brings it back."""
+    fresh = [pk for pk, attempts in claimed if not attempts]
+    groups = [fresh[i:i + per_job] for i in range(0, len(fresh), per_job)]
+    return groups + [[pk] for pk, attempts in claimed if attempts]
+
+
+def _publish(claimed: list[tuple[int, int]], report: RelayReport) -> bool:
     """Send claimed events in jobs; put back what the broker did not take. True to go on."""
-    per_job = max(1, current_app.config["WEBHOOK_EVENTS_PER_JOB"])
-    chunks = [event_pks[i:i + per_job] for i in range(0, len(event_pks), per_job)]
-    jobs = [Job(TASK, [chunk[0]]) if len(chunk) == 1 else Job(BATCH_TASK, [chunk], len(chunk))
-            for chunk in chunks]
+    groups = job_groups(claimed, max(1, current_app.config["WEBHOOK_EVENTS_PER_JOB"]))
+    jobs = [Job(TASK, [group[0]]) if len(group) == 1 else Job(BATCH_TASK, [group], len(group))
+            for group in groups]
     sent = send_batch(jobs, queue=QUEUE)
-    taken = sum(len(chunk) for chunk in chunks[:sent or 0])
+    taken = sum(len(group) for group in groups[:sent or 0])
     report.enqueued += taken
     report.jobs += sent or 0
-    if taken < len(event_pks):
-        put_back(event_pks[taken:])
+    if taken < len(claimed):
+        put_back([pk for group in groups[sent or 0:] for pk in group])
         report.broker_down = sent is None
         return sent is not None  # the queue filled meanwhile: wait for room
     return True

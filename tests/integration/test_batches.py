@@ -142,6 +142,34 @@ def test_worker_killed_mid_batch_leaves_nothing_lost_and_nothing_twice(
     assert scalar("SELECT count(*) FROM webhook_failures") == 0
 
 
+def test_an_event_that_kills_its_worker_in_a_batch_spends_only_its_own_attempts(
+        client, ctx, tmp_path, processes):
+    """The batch dies with its first event, every time that event runs. Brought back by
+    the relay, each event the worker died under goes alone: the killer reaches the
+    attempts cap by itself, and the events that shared its batch are processed."""
+    orders = make_orders(5)
+    ids = store(client, [("test.kill", {"order_id": orders[0], "payment_id": "pay_kill"})]
+                + [("payment_intent.succeeded", payment_intent(order_id))
+                   for order_id in orders[1:]])
+    redis = client.application.extensions["redis"]
+    assert relay_pending().jobs == 1  # one batch, the killer first in it
+    worker = start_worker(tmp_path, beat=True, name="batch-killed", env={
+        "PROCESSING_LEASE_SECONDS": "2", "WEBHOOK_MAX_ATTEMPTS": "3"})
+    processes.append(worker)
+
+    wait_until(lambda: scalar("SELECT count(*) FROM webhook_events WHERE status IN"
+                              " ('processed', 'failed')") == 5, 60,
+               "every event of the batch to be settled", logs=[worker])
+
+    assert event_row(ids[0])["status"] == "failed"
+    assert redis.llen(f"test:started:{ids[0]}") == 3
+    assert [event_row(event_id)["status"] for event_id in ids[1:]] == ["processed"] * 4
+    # Killed once in the batch, then processed alone: two attempts each, not the cap.
+    assert [event_row(event_id)["attempts"] for event_id in ids[1:]] == [2] * 4
+    assert scalar("SELECT count(*) FROM payments") == 4
+    assert scalar("SELECT count(*) FROM webhook_failures") == 1
+
+
 def test_two_relays_at_once_publish_each_event_exactly_once(client, ctx, build_app):
     orders = make_orders(1)
     store(client, [("test.unhandled", {"order_id": orders[0], "n": n}) for n in range(400)])
