@@ -113,6 +113,11 @@ def load_settings(instance_path: str) -> dict:
         # Extra modules whose @handles functions are registered (plug-ins, test handlers).
         "WEBHOOK_HANDLER_MODULES": _env_list("WEBHOOK_HANDLER_MODULES", ""),
         "DEDUP_TTL_SECONDS": _env_int("DEDUP_TTL_SECONDS", 300),
+        # The "webhook loop" rule (P2): an event id delivered again this many times within
+        # the window (read at the duplicate counts' 5-minute resolution). A provider's
+        # ordinary retries are a redelivery or two.
+        "WEBHOOK_LOOP_MIN_REPEATS": _env_int("WEBHOOK_LOOP_MIN_REPEATS", 5),
+        "WEBHOOK_LOOP_WINDOW_SECONDS": _env_int("WEBHOOK_LOOP_WINDOW_SECONDS", 900),
         # Processing and retries
         "WEBHOOK_MAX_RETRIES": _env_int("WEBHOOK_MAX_RETRIES", 8),
         "WEBHOOK_RETRY_BACKOFF": _env_float("WEBHOOK_RETRY_BACKOFF", 2.0),

@@ -51,10 +51,12 @@ SIGNAL_RUNBOOKS = {
     "payment_overpaid": PAYMENT_RUNBOOK,
     "refund_currency_mismatch": PAYMENT_RUNBOOK,
     "refund_exceeds_capture": PAYMENT_RUNBOOK,
-    # Kinds of later domains (loop detection, the ERP sync). The ERP sync has a rule of
-    # its own (service/erp/rules.py, registered by the erp domain) that claims
-    # `erp_sync_failed`, raised by the stock runbook when it pauses the sync; its runbook
-    # is the same should no rule claim it.
+    # Kinds of later domains (loop detection, the ERP sync). Each has a rule of its own,
+    # registered by its domain, that claims them: the webhook loop rule
+    # (service/webhooks/rules.py) the loop kinds, the first raised by the loop runbook
+    # when it pins the looping events; the ERP rule (service/erp/rules.py)
+    # `erp_sync_failed`, raised by the stock runbook when it pauses the sync. Their
+    # runbooks are the same should no rule claim them.
     "webhook_loop": LOOP_RUNBOOK,
     "duplicate_storm": LOOP_RUNBOOK,
     "erp_sync_failed": STOCK_RUNBOOK,

@@ -10,6 +10,7 @@ from service.metrics import register as register_metrics
 
 
 def init_app(app: Flask) -> None:
+    from service.alerts.rules import register_rule
     from service.alerts.services import register_payment_events
     from service.queues.health import register_backlog
     from service.webhooks import models, tasks  # noqa: F401  (tables and tasks)
@@ -19,6 +20,7 @@ def init_app(app: Flask) -> None:
     from service.webhooks.leases import LeaseKeeper
     from service.webhooks.metrics import ALL as METRICS
     from service.webhooks.paypal import PayPalVerifier
+    from service.webhooks.rules import WebhookLoopRule
     from service.webhooks.services import WebhookBacklog, WebhookPaymentEvents
     from service.webhooks.transmissions import DatabaseTransmissionLog
     from service.webhooks.verifiers import StripeVerifier
@@ -60,6 +62,7 @@ def init_app(app: Flask) -> None:
     register_metrics(app, *METRICS)
     register_backlog(app, "webhooks", WebhookBacklog())
     register_payment_events(app, WebhookPaymentEvents())
+    register_rule(app, WebhookLoopRule())
     retry_policy = {
         "max_retries": cfg["WEBHOOK_MAX_RETRIES"],
         "retry_backoff": cfg["WEBHOOK_RETRY_BACKOFF"],

@@ -76,7 +76,8 @@ def _set_unless_present(client: redis.Redis, key: str, value, ttl: int) -> bytes
 
 
 # Duplicate deliveries per event id, in 5-minute buckets kept for a day: what the
-# webhook loop runbook reads to name the most repeated event ids. Counted only for
+# webhook loop rule reads to open its incident, and the runbook to name the most
+# repeated event ids. Counted only for
 # duplicates, so the first delivery of an event pays nothing for it.
 DUPLICATES_BUCKET_SECONDS = 300
 DUPLICATES_KEEP_SECONDS = 25 * 3600
@@ -97,3 +98,42 @@ def note_duplicate(client: redis.Redis, provider: str, event_id: str, *, now: fl
         pipe.execute()
     except redis.RedisError:
         pass
+
+
+def repeated_duplicates(client: redis.Redis, *, first: int, last: int, min_repeats: int,
+                        scan: int = 50) -> list[tuple[str, int]]:
+    """("provider:event id", duplicates) of the events counted at least `min_repeats`
+    times over buckets `first`..`last`, most repeated first; what the webhook loop rule
+    reads every minute, so the read is bounded whatever the traffic.
+
+    An event with `min_repeats` duplicates over k buckets has at least
+    ceil(min_repeats / k) of them in one bucket, so only members at that score are
+    candidates (the `scan` highest of them); their counts in every bucket are then read
+    in one more round trip. Ordinary redeliveries, a duplicate or two per event, are never
+    read back.
+    """
+    buckets = range(first, last + 1)
+    if not buckets or min_repeats < 1:
+        return []
+    at_least = -(-min_repeats // len(buckets))
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.zrevrangebyscore(duplicates_key(bucket), "+inf", at_least, start=0, num=scan,
+                              withscores=True)
+    best: dict[bytes, float] = {}
+    for members in pipe.execute():
+        for member, score in members:
+            best[member] = max(score, best.get(member, 0))
+    candidates = sorted(best, key=lambda m: (-best[m], m))[:scan]
+    if not candidates:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        for member in candidates:
+            pipe.zscore(duplicates_key(bucket), member)
+    totals = dict.fromkeys(candidates, 0)
+    for index, score in enumerate(pipe.execute()):
+        totals[candidates[index % len(candidates)]] += int(score or 0)
+    found = [(m.decode() if isinstance(m, bytes) else m, n) for m, n in totals.items()
+             if n >= min_repeats]
+    return sorted(found, key=lambda item: (-item[1], item[0]))

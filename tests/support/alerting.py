@@ -82,6 +82,17 @@ def evaluate_at(now: datetime):
     return report
 
 
+def opened_past_the_p2_hold(t0: datetime, *, rule: str) -> dict:
+    """Evaluate just after `t0` (a P2 condition holds 120 s before its incident opens:
+    none yet) and past the hold; the rule's one incident, open at P2."""
+    evaluate_at(t0 + timedelta(seconds=1))
+    assert incidents(rule=rule) == []
+    evaluate_at(t0 + timedelta(seconds=125))
+    [incident] = incidents(rule=rule)
+    assert (incident["severity"], incident["status"]) == ("P2", "open")
+    return incident
+
+
 def incidents(**where) -> list[dict]:
     clause = " AND ".join(f"{column} = :{column}" for column in where) or "TRUE"
     found = rows(f"SELECT * FROM incidents WHERE {clause} ORDER BY id", **where)

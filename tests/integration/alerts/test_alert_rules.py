@@ -330,7 +330,8 @@ def test_a_rule_that_fails_neither_silences_the_others_nor_clears_its_incidents(
     report = evaluate_at(minutes(t0, 30))
 
     assert report.errors == {"intake_unavailable": "ConnectionError",
-                             "queue_backlog": "ConnectionError"}
+                             "queue_backlog": "ConnectionError",
+                             "webhook_loop": "ConnectionError"}  # the webhooks domain's rule
     assert report.exit_code == 2
     assert incidents(id=backlog["id"])[0]["status"] == "open"
     assert incidents(id=backlog["id"])[0]["cleared_at"] is None

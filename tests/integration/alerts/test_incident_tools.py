@@ -75,6 +75,7 @@ def test_the_rules_command_lists_each_rule_with_its_severity_and_runbook(policy)
         "webhook_failures": ("P1", "payment_processing_failure"),
         "webhook_success_ratio": ("P1", "payment_processing_failure"),
         "queue_backlog": ("P2", "queue_overload"),
+        "webhook_loop": ("P2", "webhook_loop_detected"),  # registered by the webhooks package
         "erp_sync_failing": ("P2", "stock_sync_failure"),  # registered by the ERP package
         "slow_jobs": ("P3", "-"),
         "signals": ("P1", "-"),
