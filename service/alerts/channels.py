@@ -124,6 +124,18 @@ class AppriseChannel:
         self.name = name
         self._url = url
 
+    @property
+    def names_its_own_recipient(self) -> bool:
+        """Whether the URL alone says who receives: an e-mail URL's `to=`, an SMS URL's
+        number after the sender. Such a channel is sent to as configured when the
+        severity's contact list has no entry for it."""
+        parts = urlsplit(self._url)
+        if self.name == EMAIL:
+            return any(key == "to" and value for key, value in parse_qsl(parts.query))
+        if self.name == SMS:
+            return bool(parts.path.strip("/"))
+        return True
+
     def url_for(self, target: str) -> str:
         return _TARGETING[self.name](self._url, target) if target and self.name in _TARGETING \
             else self._url

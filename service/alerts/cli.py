@@ -11,6 +11,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from service.alerts import incidents as evaluation
+from service.alerts.channels import SEVERITY_CHANNELS
 from service.alerts.exceptions import AlertsError, IncidentNotFound, InvalidTransition
 from service.alerts.models import SEVERITIES, AlertDelivery, IncidentStatus
 from service.alerts.notify import deliver, notify_test
@@ -65,8 +66,9 @@ def evaluate_command(as_json):
 def test_command(severity, as_json):
     """Send a test notice through the real channels now, and say how each send went.
 
-    Exit 0 when every configured channel delivered, 1 when one failed, 2 when no channel
-    is configured for the severity.
+    Exit 0 when every configured channel delivered, 1 when one failed or reaches no one
+    at the severity (no recipient listed nor named in its URL), 2 when no channel is
+    configured for the severity.
     """
     notification = notify_test(severity=severity)
     db.session.commit()
@@ -86,11 +88,21 @@ def test_command(severity, as_json):
     rows = [{"delivery": o.delivery_id, "channel": deliveries[o.delivery_id].channel,
              "target": deliveries[o.delivery_id].target or "(webhook channel)",
              "outcome": o.status, "error": o.error} for o in outcomes]
+    # A channel that is set up but reaches no one at this severity sends nothing: say so.
+    sent_through = {row["channel"] for row in rows}
+    unreached = [channel for channel in SEVERITY_CHANNELS[severity]
+                 if channel in current_app.extensions["alert_channels"]
+                 and channel not in sent_through]
     if as_json:
-        echo_json({"notification_id": notification.id, "severity": severity, "deliveries": rows})
+        echo_json({"notification_id": notification.id, "severity": severity, "deliveries": rows,
+                   "channels_without_recipient": unreached})
     else:
         echo_table(rows, ["delivery", "channel", "target", "outcome", "error"])
-    sys.exit(0 if all(o.status == "sent" for o in outcomes) else 1)
+        for channel in unreached:
+            click.echo(f"{channel}: configured, but no recipient at {severity} (add one to "
+                       f"ALERT_RECIPIENTS_{severity}, or name one in the channel's URL)",
+                       err=True)
+    sys.exit(0 if all(o.status == "sent" for o in outcomes) and not unreached else 1)
 
 
 @alerts_cli.command("rules")

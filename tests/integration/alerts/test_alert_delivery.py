@@ -8,6 +8,7 @@ unchanged). The worker also runs beat, whose outbox relay publishes the deliveri
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -279,3 +280,32 @@ def test_a_delivery_is_sent_once_however_often_its_job_runs_and_a_lost_send_is_t
     wait_until(lambda: _all_sent(second_id, 1), 20, "the lost send taken over", logs=(worker,))
     assert _deliveries(second_id)[0]["attempts"] == 2
     assert len(proxy.requests_to(SLACK_HOST)) == 2
+
+
+def test_an_email_channel_without_listed_addresses_sends_to_its_urls_own_recipient_or_says_so(
+        clean, receivers, build_app, monkeypatch):
+    """ALERT_RECIPIENTS_P1 lists no e-mail address: the e-mail URL's own `to=` receives the
+    notice; without one, `flask alerts test` says the channel reaches no one and exits 1."""
+    proxy, smtp = receivers
+    if smtp._controller is None:
+        smtp.start()
+    smtp.messages.clear()
+    oncall = "oncall@racine.test"
+    for key, value in {**alert_env(smtp_port=smtp.port), **SEND_SETTINGS, **proxy.env(),
+                       "ALERT_RECIPIENTS_P1": "@devops",
+                       "ALERT_EMAIL_URL": f"mailto://127.0.0.1:{smtp.port}"
+                                          f"?from=alerts@racine.test&to={oncall}"}.items():
+        monkeypatch.setenv(key, value)
+
+    named = build_app({}).test_cli_runner().invoke(args=["alerts", "test", "--severity", "P1"])
+
+    assert named.exit_code == 0, named.output
+    assert len(_emails_to(smtp, oncall)) == 1
+
+    monkeypatch.setenv("ALERT_EMAIL_URL", f"mailto://127.0.0.1:{smtp.port}?from=alerts@racine.test")
+    unnamed = build_app({}).test_cli_runner().invoke(
+        args=["alerts", "test", "--severity", "P1", "--json"])
+
+    assert unnamed.exit_code == 1, unnamed.output
+    assert json.loads(unnamed.stdout)["channels_without_recipient"] == ["email"]
+    assert len(_emails_to(smtp, oncall)) == 1  # nothing more was sent
