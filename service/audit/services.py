@@ -96,20 +96,22 @@ def record(*, action: str, entity_type: str, entity_id: object, actor: Actor,
 
 
 def chain_head() -> tuple[int, str, datetime | None]:
-    """(id, hash, created_at) of the chain's head: the chain-head witness, or the newest
-    live row when that is further on (rows loaded without the writer) or there is no
-    witness; else the newest archive, or (0, genesis, None) for a new chain.
+    """(id, hash, created_at) of the chain's head: the row the chain-head witness records;
+    without a witness, the newest row, or the newest archive when the live table is
+    empty, or (0, genesis, None) for a new chain.
 
-    Rows removed from the end do not move the head back: the next row takes the id after
-    the witnessed one, and `verify` reports the ones in between as missing.
+    Only the writer moves the witness, so rows removed from the end do not move the head
+    back (the next row takes the id after the witnessed one, and `verify` reports the
+    ones in between as missing), and rows added after it by a plain INSERT are not taken
+    into the chain (the next row takes the same id, and `verify` reports it twice).
     """
     witness = head.read()
+    if witness is not None:
+        return witness.id, witness.hash, witness.created_at
     last = db.session.execute(
         select(_TABLE.c.id, _TABLE.c.hash, _TABLE.c.created_at)
         .order_by(_TABLE.c.id.desc()).limit(1)
     ).first()
-    if witness is not None and (last is None or witness.id >= last.id):
-        return witness.id, witness.hash, witness.created_at
     if last is not None:
         return last.id, last.hash, last.created_at
     archived = db.session.execute(

@@ -166,12 +166,23 @@ def _live_end() -> int:
 
 
 def _check_head(report: Report, witness: head.Head | None, *, end_id: int) -> Report:
-    """A chain that verified must reach the witnessed row, and hold it unchanged.
+    """A chain that verified must reach the witnessed row, hold it unchanged, and end
+    there or at a row the writer has witnessed since.
 
-    `end_id` is where the chain ends when the walk saw no row. Rows after the witnessed
-    one are not a break: they may have been written while verify ran.
+    `end_id` is where the chain ends when the walk saw no row. `witness` was read before
+    the walk; it is read again after it, since rows may have been written meanwhile: the
+    writer moves the witness in each row's own transaction, so any row the walk saw and
+    the witness read now does not cover was added outside the writer.
     """
     if not report.ok or witness is None:
+        return report
+    now = head.read()
+    if report.last_id is not None and now is not None and report.last_id > now.id:
+        extra = f"{now.id + 1}" if report.last_id == now.id + 1 else f"{now.id + 1}..{report.last_id}"
+        report.ok = False
+        report.problem = Break("inserted", now.id + 1,
+                               f"row(s) {extra} follow row {now.id}, the last one the "
+                               "chain-head witness records: added outside the audit writer")
         return report
     end = report.last_id if report.last_id is not None else end_id
     if end < witness.id:

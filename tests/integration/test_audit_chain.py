@@ -174,6 +174,19 @@ def test_a_write_after_the_last_row_was_deleted_leaves_the_gap_for_verify(ctx):
     assert "row(s) 3 missing before row 4" in report.problem.message
 
 
+def test_verify_finds_a_row_appended_by_a_plain_insert(ctx):
+    """INSERT needs no trigger bypass: a forger appends a row linked to the last one."""
+    _write(3)
+    last = audit_rows("id = 3")[0]
+    insert_raw([forge(last, id=4, prev_hash=last["hash"], reason="forged")])
+    report = verify_chain()
+    assert (report.ok, report.problem.kind, report.problem.row_id) == (False, "inserted", 4)
+    # The writer does not take the forged row into the chain: its next row is row 4 too.
+    assert _write(1) == [4]
+    report = verify_chain()
+    assert (report.ok, report.problem.kind, report.problem.row_id) == (False, "inserted", 4)
+
+
 def test_verify_from_a_date_finds_the_end_deleted_too(ctx):
     _write(3)
     since = audit_rows("id = 3")[0]["created_at"]
