@@ -76,9 +76,13 @@ def bench_verify(rows: int) -> None:
         start = datetime(now.year, now.month, 1)
         began = time.perf_counter()
         copy_sql = f"COPY audit_logs ({', '.join(COLUMNS)}) FROM STDIN"
-        with psycopg.connect(url) as conn, conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-            for row in chain_rows(rows, start=start, step=_ms()):
-                copy.write_row([row[c] for c in COLUMNS])
+        with psycopg.connect(url) as conn, conn.cursor() as cursor:
+            with cursor.copy(copy_sql) as copy:
+                for row in chain_rows(rows, start=start, step=_ms()):
+                    copy.write_row([row[c] for c in COLUMNS])
+            # As the writer would have left it: the chain-head witness at the last row.
+            cursor.execute("UPDATE audit_chain_head SET last_id = %s, last_hash = %s,"
+                           " last_created_at = %s", (row["id"], row["hash"], row["created_at"]))
         print(f"loaded {rows} chained rows in {time.perf_counter() - began:.1f} s",
               file=sys.stderr)
         app = _app()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.audit.chain import format_time
@@ -83,3 +83,23 @@ class AuditArchive(db.Model):
                 "row_count": self.row_count, "first_id": self.first_id,
                 "last_id": self.last_id, "first_prev_hash": self.first_prev_hash,
                 "last_hash": self.last_hash, "created_at": format_time(self.created_at)}
+
+
+class AuditChainHead(db.Model):
+    """The chain-head witness: one row holding the id and hash of the newest row written.
+
+    The writer moves it in the same transaction as each row (under the chain lock), and
+    triggers let it only move forward: no DELETE, no UPDATE to an earlier id. A hash
+    chain alone cannot show rows removed from its end (the next write would link to the
+    new last row); `verify` compares the chain's end with this row instead.
+    """
+
+    __tablename__ = "audit_chain_head"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    # created_at of that row, so the next row's time never falls before it; None when the
+    # head is the end of an archive (whose rows' times the register does not keep).
+    last_created_at: Mapped[datetime | None] = mapped_column()

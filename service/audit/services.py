@@ -20,7 +20,7 @@ from datetime import datetime
 from flask import g, has_request_context, request
 from sqlalchemy import insert, select, text
 
-from service.audit import registry
+from service.audit import head, registry
 from service.audit.actor import Actor
 from service.audit.chain import GENESIS_HASH, canonical_json, row_hash
 from service.audit.exceptions import UnknownAction
@@ -91,12 +91,23 @@ def record(*, action: str, entity_type: str, entity_id: object, actor: Actor,
     }
     row["hash"] = row_hash(row)
     session.execute(insert(_TABLE), [{**row, "metadata": canonical_json(metadata)}])
+    head.advance(row["id"], row["hash"], row["created_at"])
     return row["id"]
 
 
 def chain_head() -> tuple[int, str, datetime | None]:
-    """(id, hash, created_at) of the newest row, or of the newest archive when the live
-    table is empty, or (0, genesis, None) for a new chain."""
+    """(id, hash, created_at) of the chain's head: the row the chain-head witness records;
+    without a witness, the newest row, or the newest archive when the live table is
+    empty, or (0, genesis, None) for a new chain.
+
+    Only the writer moves the witness, so rows removed from the end do not move the head
+    back (the next row takes the id after the witnessed one, and `verify` reports the
+    ones in between as missing), and rows added after it by a plain INSERT are not taken
+    into the chain (the next row takes the same id, and `verify` reports it twice).
+    """
+    witness = head.read()
+    if witness is not None:
+        return witness.id, witness.hash, witness.created_at
     last = db.session.execute(
         select(_TABLE.c.id, _TABLE.c.hash, _TABLE.c.created_at)
         .order_by(_TABLE.c.id.desc()).limit(1)

@@ -3,7 +3,9 @@
 A row is checked against the one before it: its id is the next position (a gap means
 rows are missing, a repeated id means a row was inserted), its hash matches its content
 (else it was altered), and its `prev_hash` is the previous row's hash (else a row was
-inserted, replaced or removed just before it). The first break is reported.
+inserted, replaced or removed just before it). The first break is reported. The live
+chain must also reach the row the chain-head witness records, unchanged (see `head`):
+rows removed from its end are reported missing too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from service.audit import head
 from service.audit.chain import GENESIS_HASH, HASHED_FIELDS, row_hash
 from service.audit.models import AuditArchive, AuditLog
 from service.extensions import db
@@ -133,21 +136,77 @@ def stream_rows(since: datetime | None = None, *, batch: int = 5000) -> Iterator
 
 
 def verify_chain(*, since: datetime | None = None, progress: Progress | None = None) -> Report:
-    """Verify the live table from its start (linked to the archives), or from `since`."""
+    """Verify the live table from its start (linked to the archives), or from `since`,
+    and its end against the chain-head witness."""
+    # The witness first: rows written after this read may show in the walk (they follow
+    # the witnessed row), but every row up to it is already committed and must be there.
+    witness = head.read()
     rows = stream_rows(since)
     if since is None:
         expected_id, expected_prev = _archived_anchor()
-        return walk(rows, expected_id=expected_id, expected_prev=expected_prev,
-                    progress=progress)
+        report = walk(rows, expected_id=expected_id, expected_prev=expected_prev,
+                      progress=progress)
+        return _check_head(report, witness, end_id=expected_id - 1)
     first = next(rows, None)
     if first is None:
-        return Report(True, 0, None, None, None)
+        return _check_head(Report(True, 0, None, None, None), witness, end_id=_live_end())
     anchor, where = _anchor_before(first["id"])
     if anchor is None:
         return Report(False, 0, first["id"], None, None, Break(
             "missing", first["id"] - 1, f"{where}, which row {first['id']} links to, is missing"))
-    return walk(itertools.chain([first], rows), expected_id=first["id"], expected_prev=anchor,
-                progress=progress)
+    report = walk(itertools.chain([first], rows), expected_id=first["id"], expected_prev=anchor,
+                  progress=progress)
+    return _check_head(report, witness, end_id=first["id"] - 1)
+
+
+def _live_end() -> int:
+    """The id of the chain's last row: the newest live row, else the archives' end."""
+    newest = db.session.scalar(select(func.max(AuditLog.id)))
+    return newest if newest is not None else _archived_anchor()[0] - 1
+
+
+def _check_head(report: Report, witness: head.Head | None, *, end_id: int) -> Report:
+    """A chain that verified must reach the witnessed row, hold it unchanged, and end
+    there or at a row the writer has witnessed since.
+
+    `end_id` is where the chain ends when the walk saw no row. `witness` was read before
+    the walk; it is read again after it, since rows may have been written meanwhile: the
+    writer moves the witness in each row's own transaction, so any row the walk saw and
+    the witness read now does not cover was added outside the writer.
+    """
+    if not report.ok or witness is None:
+        return report
+    now = head.read()
+    if report.last_id is not None and now is not None and report.last_id > now.id:
+        extra = f"{now.id + 1}" if report.last_id == now.id + 1 else f"{now.id + 1}..{report.last_id}"
+        report.ok = False
+        report.problem = Break("inserted", now.id + 1,
+                               f"row(s) {extra} follow row {now.id}, the last one the "
+                               "chain-head witness records: added outside the audit writer")
+        return report
+    end = report.last_id if report.last_id is not None else end_id
+    if end < witness.id:
+        missing = f"{end + 1}" if witness.id == end + 1 else f"{end + 1}..{witness.id}"
+        report.ok = False
+        report.problem = Break("missing", end + 1,
+                               f"row(s) {missing} missing at the end of the chain: the "
+                               f"chain-head witness records row {witness.id} as written")
+        return report
+    if _hash_of(witness.id) not in (witness.hash, None):
+        report.ok = False
+        report.problem = Break("altered", witness.id,
+                               f"row {witness.id} is not the row the chain-head witness "
+                               "records (the end of the chain was rewritten)")
+    return report
+
+
+def _hash_of(row_id: int) -> str | None:
+    """The hash of row `row_id` (live, or the end of an archive), None if not found."""
+    if row_id == 0:
+        return GENESIS_HASH
+    found = db.session.scalar(select(AuditLog.hash).where(AuditLog.id == row_id).limit(1))
+    return found or db.session.scalar(
+        select(AuditArchive.last_hash).where(AuditArchive.last_id == row_id))
 
 
 # ---- archive files -------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from service.audit import head
 from service.audit import services as audit
 from service.audit.actor import Actor
 from service.audit.partitions import Month, create_partition_sql, existing
@@ -67,6 +68,10 @@ def test_archive_round_trip_keeps_the_chain_verifiable(clean, old_months, tmp_pa
     live = _cli(clean, "audit", "verify", "--json")
     assert live.exit_code == 0, live.output
     assert json.loads(live.stdout)["first_id"] == 31
+    with clean.app_context():
+        # Archiving dropped the oldest rows, not the newest: the witness is the last row.
+        assert head.read().id == json.loads(live.stdout)["last_id"] == 35
+        db.session.remove()
     with gzip.open(summary["archived"][0]["path"], "rt") as handle:
         header = json.loads(handle.readline())
         first = json.loads(handle.readline())
@@ -139,10 +144,21 @@ def test_sqlite_triggers_refuse_update_and_delete(build_app, tmp_path):
             audit.record(action="product.stock_adjust", entity_type="product", entity_id=1,
                          actor=Actor.system("test"), before={"stock": n}, after={"stock": n + 1})
             db.session.commit()
-        for statement in ("UPDATE audit_logs SET reason = 'x'", "DELETE FROM audit_logs"):
-            with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as conn:
+        for statement, refusal in (
+                ("UPDATE audit_logs SET reason = 'x'", "append-only"),
+                ("DELETE FROM audit_logs", "append-only"),
+                ("UPDATE audit_chain_head SET last_id = 1", "only moves forward"),
+                ("DELETE FROM audit_chain_head", "only moves forward")):
+            with pytest.raises(DBAPIError, match=refusal), db.engine.begin() as conn:
                 conn.execute(text(statement))
         from service.audit.verify import verify_chain
         report = verify_chain()
         assert (report.ok, report.checked) == (True, 2)
+        db.session.rollback()  # SQLite: the session's transaction holds the write lock
+        # Whoever drops the trigger to remove the last row still leaves the witness behind.
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER audit_logs_no_delete"))
+            conn.execute(text("DELETE FROM audit_logs WHERE id = 2"))
+        report = verify_chain()
+        assert (report.ok, report.problem.kind, report.problem.row_id) == (False, "missing", 2)
         db.session.remove()

@@ -68,13 +68,17 @@ def _upgrade_compare_downgrade(flask_app) -> None:
         db.session.remove()
 
 
-def test_migrations_upgrade_from_empty_without_drift_and_downgrade_on_sqlite(build_app, tmp_path):
-    sqlite_app = build_app({
+def _sqlite_app(build_app, tmp_path):
+    return build_app({
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.db'}",
         # The environment's engine options are PostgreSQL's (connect_timeout, pool size);
         # they follow DATABASE_URL, not this override.
         "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"timeout": 30}},
     })
+
+
+def test_migrations_upgrade_from_empty_without_drift_and_downgrade_on_sqlite(build_app, tmp_path):
+    sqlite_app = _sqlite_app(build_app, tmp_path)
     with sqlite_app.app_context():
         assert db.engine.dialect.name == "sqlite"
 
@@ -106,10 +110,7 @@ def test_money_safety_migration_rebuilds_tables_with_rows_and_sums_them_on_sqlit
     from flask_migrate import upgrade
     from sqlalchemy import text
 
-    sqlite_app = build_app({
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'm.db'}",
-        "SQLALCHEMY_ENGINE_OPTIONS": {"connect_args": {"timeout": 30}},
-    })
+    sqlite_app = _sqlite_app(build_app, tmp_path)
     with sqlite_app.app_context():
         upgrade(revision="0002")
         with db.engine.begin() as conn:
@@ -134,4 +135,36 @@ def test_money_safety_migration_rebuilds_tables_with_rows_and_sums_them_on_sqlit
             assert conn.execute(text("SELECT status FROM refunds")).scalar() == "succeeded"
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
             assert conn.execute(text("PRAGMA foreign_key_check")).all() == []
+        db.session.remove()
+
+
+@pytest.mark.parametrize("existing, head", [
+    ("rows", (3, "h3")),
+    ("archive", (7, "a7")),
+    ("nothing", (0, "0" * 64)),
+])
+def test_chain_head_migration_starts_the_witness_at_the_chains_end_on_sqlite(
+        build_app, tmp_path, existing, head):
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    sqlite_app = _sqlite_app(build_app, tmp_path)
+    with sqlite_app.app_context():
+        upgrade(revision="0007_runbook_runs")
+        with db.engine.begin() as conn:
+            if existing == "rows":
+                conn.execute(text(
+                    "INSERT INTO audit_logs (id, created_at, action, entity_type, entity_id,"
+                    " actor, metadata, prev_hash, hash) VALUES (:id, '2026-01-01', 'a', 'e',"
+                    " '1', 'system:x', '{}', 'p', :hash)"),
+                    [{"id": n, "hash": f"h{n}"} for n in (1, 2, 3)])
+            if existing in ("rows", "archive"):
+                conn.execute(text(
+                    "INSERT INTO audit_archives (month, path, file_sha256, row_count, last_id,"
+                    " last_hash, created_at) VALUES ('2001-01', 'f', 's', 7, 7, 'a7',"
+                    " '2026-01-01')"))
+        upgrade()
+        with db.engine.connect() as conn:
+            assert conn.execute(text(
+                "SELECT last_id, last_hash FROM audit_chain_head")).all() == [head]
         db.session.remove()
