@@ -118,6 +118,10 @@ def test_loop_runbook_names_the_repeated_event_and_execute_pins_it_and_alerts(ru
     assert f"problem: 1 event ids delivered at least 5 times more; most: stripe {event_id} x8" \
         in plain.output
     assert "done: raised webhook_loop signal" in plain.output
+    figure_lines = [line for line in plain.output.splitlines() if line.startswith("  figure: ")]
+    assert figure_lines == sorted(figure_lines) and "  figure: stored_events = 2" in figure_lines
+    assert f'"event_id": "{event_id}"' in next(line for line in figure_lines
+                                                if line.startswith("  figure: looping_events = "))
     assert "notebook: " in plain.output and "html: " in plain.output
     assert f"{run_id}   webhook_loop_detected  yes" in listed.output
     assert (done["status"], done["summary"]["resolved"]) == ("ok", True)
