@@ -71,6 +71,9 @@ def run(name: str, *, parameters: dict[str, str], execute: bool, actor: Actor,
     except Exception as exc:  # any failure is the run's outcome, recorded
         error = _describe(exc)
         log.error("runbook failed", extra={"runbook": name, "run_id": run_id, "error": error})
+    except BaseException as exc:  # Ctrl-C or an exit: recorded, then let it stop us
+        _record_interrupted(name, run_id, output, exc)
+        raise
     summary = read_summary(output) if output.exists() and output.stat().st_size else None
     html = render_html(output)
     if error is not None:
@@ -86,6 +89,21 @@ def run(name: str, *, parameters: dict[str, str], execute: bool, actor: Actor,
     db.session.commit()
     return RunOutcome(run_id, name, status, summary, str(output),
                       None if html is None else str(html), error)
+
+
+def _record_interrupted(name: str, run_id: int, output: Path, exc: BaseException) -> None:
+    """A run stopped from outside (KeyboardInterrupt, SystemExit) ends `failed`, never left
+    `running`; its partial notebook stays. Recording it never hides the interruption."""
+    error = f"interrupted ({type(exc).__name__})"
+    log.error("runbook interrupted", extra={"runbook": name, "run_id": run_id, "error": error})
+    try:
+        db.session.rollback()
+        services.finish_run(run_id, status=RunStatus.FAILED, summary=None,
+                            output_path=str(output), html_path=None, error=error)
+        db.session.commit()
+    except Exception:
+        log.exception("could not record the interrupted runbook run",
+                      extra={"runbook": name, "run_id": run_id})
 
 
 def _claim_output(directory: Path, name: str, run_id: int, execute: bool) -> Path:

@@ -124,16 +124,33 @@ def flask(*args: str, env: dict) -> None:
         raise SystemExit(f"run: `flask {' '.join(args)}` failed (exit {result.returncode})")
 
 
-def main() -> int:
-    instance = Path(os.environ.get("RACINE_INSTANCE_PATH", ROOT / "instance")).resolve()
-    instance.mkdir(parents=True, exist_ok=True)
+def local_env(instance: Path) -> dict:
+    """The environment of the run's processes: the caller's, with the run's defaults."""
     env = dict(os.environ, RACINE_INSTANCE_PATH=str(instance), PATH=f"{BIN}:{os.environ['PATH']}")
     # A local run uses the built-in development secrets unless told otherwise; production
     # (the default everywhere else) refuses to start without real ones.
     env.setdefault("RACINE_ENV", "development")
+    # Its workers run under honcho, not supervisord: `flask workers scale` and the queue
+    # overload runbook grow or shrink their Celery pools (docs/scaling.md).
+    env.setdefault("SCALING_LAYOUT", "embedded")
+    return env
+
+
+def write_run_env(run_env: Path, chosen: dict) -> None:
+    """Every `flask --app service ...` run with this instance folder reads it, so the
+    operator's commands (queue health, erp status, workers scale) act on this run too."""
+    run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
+                       + "".join(f"{key}={value}\n" for key, value in chosen.items()))
+    run_env.chmod(0o600)
+
+
+def main() -> int:
+    instance = Path(os.environ.get("RACINE_INSTANCE_PATH", ROOT / "instance")).resolve()
+    instance.mkdir(parents=True, exist_ok=True)
+    env = local_env(instance)
     redis_proc = erp_proc = None
     run_env = instance / "run.env"
-    chosen = {}
+    chosen = {key: env[key] for key in ("RACINE_ENV", "SCALING_LAYOUT")}
     if not env.get("REDIS_URL"):
         env["REDIS_URL"], redis_proc = start_redis(instance)
         chosen["REDIS_URL"] = env["REDIS_URL"]
@@ -144,13 +161,7 @@ def main() -> int:
         chosen.update(ERP_API_URL=env["ERP_API_URL"], ERP_API_TOKEN=env["ERP_API_TOKEN"])
     else:
         say("using ERP_API_URL from the environment")
-    if chosen:
-        # Every `flask --app service ...` run with this instance folder reads it, so the
-        # operator's commands (queue health, erp status) talk to this Redis and ERP too.
-        run_env.write_text("# Written by `make run` while it runs; removed when it stops.\n"
-                           + "".join(f"{key}={value}\n" for key, value in chosen.items())
-                           + f"RACINE_ENV={env['RACINE_ENV']}\n")
-        run_env.chmod(0o600)
+    write_run_env(run_env, chosen)
     if not env.get("FLOWER_BASIC_AUTH"):
         secret_file = instance / "flower-auth"
         if not secret_file.exists():
@@ -188,8 +199,7 @@ def main() -> int:
             # honcho got the same SIGINT from the terminal and is stopping its processes.
             return honcho.wait()
     finally:
-        if chosen:
-            run_env.unlink(missing_ok=True)
+        run_env.unlink(missing_ok=True)
         stop(erp_proc, "ERP stand-in")
         stop(redis_proc, "embedded Redis")
 

@@ -76,6 +76,17 @@ def raise_signal(*, severity: str, kind: str, source: str, details: dict | None 
     return signal
 
 
+@not_critical("reads only")
+def latest_signal(kinds: tuple[str, ...], *, since: datetime, until: datetime) -> dict | None:
+    """The latest signal of `kinds` raised in [`since`, `until`] (AlertSignal.to_dict),
+    or None: for a domain's rule that its own signals hold."""
+    signal = db.session.scalar(
+        select(AlertSignal).where(AlertSignal.kind.in_(kinds), AlertSignal.created_at >= since,
+                                  AlertSignal.created_at <= until)
+        .order_by(AlertSignal.id.desc()).limit(1))
+    return None if signal is None else signal.to_dict()
+
+
 @not_critical("a symptom for the escalation policy; the signal row is its record")
 def raise_slow_job_signal(*, task_name: str, details: dict) -> None:
     """A slow job the queues domain recorded, as a P3 signal (listed for review, never

@@ -4,13 +4,19 @@ registered by this domain's `init_app` (`service.alerts.rules.register_rule`).
 It reads the run records, the one source of truth about the sync; the sync itself
 raises no signal. Signals of kind `erp_sync_failed` (a runbook that pauses the sync and
 alerts, say) are folded into this rule's incident rather than opening one of their own.
+A pause silences the staleness check, so a sync paused because it failed (such a signal
+raised since the pause) holds the condition on its own until it is resumed: the pause
+never hides a failing ERP from the responders.
 """
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import func, select
 
 from service.alerts.rules import STOCK_RUNBOOK, BaseRule, Finding, RuleContext
+from service.alerts.services import latest_signal
 from service.clock import iso
 from service.erp.models import ErpSyncRun, ErpSyncState, RunStatus
 from service.extensions import db
@@ -57,12 +63,30 @@ class ErpSyncFailingRule(BaseRule):
                 title=(f"ERP sync failing: the last {streak} runs failed (latest: "
                        f"{latest[0].error or 'no error recorded'})")[:255],
                 details=details, since=latest[-1].started_at)]
+        alert = self._paused_for_failure(ctx, state)
+        if alert is not None:
+            title = json.loads(alert["details"] or "{}").get("title")
+            return [Finding(title=(title or "ERP sync paused after a failure")[:255],
+                            details={**details, "paused_at": iso(state.paused_at),
+                                     "paused_by": state.paused_by},
+                            since=state.paused_at)]
         stale = self._stale_since(ctx, last_success_at, paused)
         if stale is not None:
             minutes = int((ctx.now - stale).total_seconds() // 60)
             return [Finding(title=f"ERP sync failing: no successful sync for {minutes} min",
                             details=details, since=stale)]
         return []
+
+    def _paused_for_failure(self, ctx: RuleContext, state: ErpSyncState | None):
+        """The latest `erp_sync_failed` signal raised since the sync was paused (and since
+        a responder last resolved the incident), or None."""
+        if state is None or not state.paused or state.paused_at is None:
+            return None
+        since = state.paused_at
+        resolved = ctx.resolved_at(self.key())
+        if resolved is not None and resolved > since:
+            since = resolved
+        return latest_signal(self.signal_kinds, since=since, until=ctx.now)
 
     def _stale_since(self, ctx: RuleContext, last_success_at, paused: bool):
         """When the sync went stale, or None: a paused sync, or one beat does not run, is

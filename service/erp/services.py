@@ -114,11 +114,11 @@ def resume(*, actor: Actor, reason: str | None = None) -> tuple[dict, bool]:
 
 
 @not_critical("reads only")
-def list_runs(*, limit: int = 10, status: str | None = None) -> list[dict]:
-    """The latest runs, newest first."""
+def list_runs(*, limit: int = 10, status: str | tuple[str, ...] | None = None) -> list[dict]:
+    """The latest runs, newest first; `status` one status or several."""
     query = select(ErpSyncRun).order_by(ErpSyncRun.id.desc()).limit(limit)
     if status is not None:
-        query = query.where(ErpSyncRun.status == status)
+        query = query.where(ErpSyncRun.status.in_((status,) if isinstance(status, str) else status))
     return [run.to_dict() for run in db.session.scalars(query)]
 
 

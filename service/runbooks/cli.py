@@ -79,6 +79,9 @@ def _print_outcome(outcome) -> None:
     summary = outcome.summary or {}
     mode = "dry run" if summary.get("dry_run", True) else "execute"
     click.echo(f"runbook {outcome.runbook} run #{outcome.run_id} ({mode}): {outcome.status}")
+    # What the diagnosis measured, by name: the figures a responder reads the problem against.
+    for name, value in sorted((summary.get("figures") or {}).items()):
+        click.echo(f"  figure: {name} = {json.dumps(value, sort_keys=True, default=str)}")
     for finding in summary.get("findings", []):
         click.echo(f"  problem: {finding['finding']}")
     for note in summary.get("notes", []):

@@ -92,3 +92,23 @@ def test_a_setting_that_is_not_a_number_is_refused_with_its_name(bare_environmen
 
     with pytest.raises(ValueError, match="BROKER_POOL_LIMIT must be an integer"):
         load_settings(str(bare_environment))
+
+
+def test_make_run_scales_its_own_workers_and_tells_the_cli_beside_it(bare_environment,
+                                                                    monkeypatch):
+    """`make run`'s workers run under honcho: its processes and the commands that read its
+    run.env use the embedded layout, not supervisord (the default elsewhere)."""
+    from scripts import run
+
+    monkeypatch.delenv("SCALING_LAYOUT", raising=False)
+    instance = bare_environment / "instance"
+    instance.mkdir()
+    env = run.local_env(instance)
+    assert env["SCALING_LAYOUT"] == "embedded"
+    assert load_settings(str(instance))["SCALING_LAYOUT"] == "supervisord"
+
+    run.write_run_env(instance / "run.env", {"SCALING_LAYOUT": env["SCALING_LAYOUT"]})
+
+    assert load_settings(str(instance))["SCALING_LAYOUT"] == "embedded"
+    monkeypatch.setenv("SCALING_LAYOUT", "systemd")
+    assert run.local_env(instance)["SCALING_LAYOUT"] == "systemd"

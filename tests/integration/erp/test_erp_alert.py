@@ -139,3 +139,29 @@ def test_erp_sync_failed_signals_fold_into_the_rules_incident_and_open_none_of_t
 
     [incident] = incidents()
     assert (incident["rule"], incident["signal_count"]) == ("erp_sync_failing", 1)
+
+
+def test_a_sync_paused_for_a_failure_holds_the_incident_until_it_is_resumed(policy):
+    """The stock runbook pauses a sync the ERP refuses and raises `erp_sync_failed`: the
+    pause silences the staleness check, so the paused-for-a-failure state opens the
+    incident itself (one failed run is below the streak) and a resume clears it."""
+    _old_success(minutes_ago=5)
+    services.pause(actor=ACTOR, reason="runbook stock_sync_failure: ErpCredentialsRejected")
+    services.raise_sync_alert(title="ERP sync paused by runbook: ErpCredentialsRejected",
+                              details={"paused": True})
+    db.session.commit()
+    t0 = utcnow()
+
+    evaluate_at(t0 + timedelta(seconds=1))
+    evaluate_at(t0 + timedelta(seconds=125))
+
+    [incident] = _erp_incidents()
+    assert (incident["status"], incident["signal_count"]) == ("open", 1)
+    assert incident["title"] == "ERP sync paused by runbook: ErpCredentialsRejected"
+    assert incident["details"]["paused_by"] == "system:tests"
+
+    services.resume(actor=ACTOR)
+    db.session.commit()
+    evaluate_at(t0 + timedelta(seconds=130))
+    evaluate_at(t0 + timedelta(seconds=130 + 301))
+    assert _erp_incidents()[0]["status"] == "resolved"

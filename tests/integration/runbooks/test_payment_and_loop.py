@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
+from sqlalchemy import text
+
+from service.clock import utcnow
 from service.extensions import db
 from service.webhooks.models import WebhookEvent, WebhookFailure
 from tests.integration.runbooks.conftest import run_runbook
@@ -30,12 +34,19 @@ def _failed_payment(order_id: int) -> int:
     return event.id
 
 
+def _created_minutes_ago(order_id: int, minutes: int) -> None:
+    db.session.execute(text("UPDATE orders SET created_at = :at WHERE id = :id"),
+                       {"at": utcnow() - timedelta(minutes=minutes), "id": order_id})
+    db.session.commit()
+
+
 def test_payment_runbook_finds_failures_and_execute_retries_them_until_processed(
         runbook_app, tmp_path, processes):
     app = runbook_app
     with app.app_context():
         orders = [make_order(total_cents=1000) for _ in range(3)]
         events = [_failed_payment(order_id) for order_id in orders]
+        _created_minutes_ago(orders[0], 30)  # pending past pending_after: stuck
 
     processes.append(start_worker(tmp_path, queues="webhooks", concurrency=1, beat=False))
 
@@ -47,6 +58,10 @@ def test_payment_runbook_finds_failures_and_execute_retries_them_until_processed
     assert summary["figures"]["failure_groups"] == [
         {"provider": "stripe", "error": "OrderNotFound", "event_type": "payment_intent.succeeded",
          "failures": 3, "unresolved": 3}]
+    assert summary["figures"]["stuck_pending_orders"] == 1
+    assert [f["stuck_pending_orders"] for f in summary["findings"]
+            if f["finding"].startswith("1 orders pending for more than 15m; oldest: order "
+                                       f"{orders[0]} since ")] == [1]
     assert summary["decision"] == "retry the 3 unresolved failures of the window"
     assert summary["actions"] == [] and summary["planned"][0].startswith("retry 3 failures")
     with app.app_context():
@@ -75,6 +90,18 @@ def test_payment_runbook_finds_failures_and_execute_retries_them_until_processed
         assert json.loads(run["summary"])["resolved"] is True
         assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'runbook.execute'"
                       " AND entity_id = :id", id=str(done["run_id"])) == 1
+    assert summary["actions"][1]["orders_still_stuck"] == 0  # its payment was retried
+
+    # An order long pending that no retry pays: still a problem, for a person.
+    with app.app_context():
+        unpaid = make_order(total_cents=500)
+        _created_minutes_ago(unpaid, 30)
+
+    code, again = run_runbook(app, "payment_processing_failure")
+
+    assert (code, again["status"]) == (1, "problem"), again
+    assert [f["finding"].split(";")[0] for f in again["summary"]["findings"]] == \
+        ["1 orders pending for more than 15m"]
 
 
 def test_loop_runbook_names_the_repeated_event_and_execute_pins_it_and_alerts(runbook_app):
@@ -118,6 +145,10 @@ def test_loop_runbook_names_the_repeated_event_and_execute_pins_it_and_alerts(ru
     assert f"problem: 1 event ids delivered at least 5 times more; most: stripe {event_id} x8" \
         in plain.output
     assert "done: raised webhook_loop signal" in plain.output
+    figure_lines = [line for line in plain.output.splitlines() if line.startswith("  figure: ")]
+    assert figure_lines == sorted(figure_lines) and "  figure: stored_events = 2" in figure_lines
+    assert f'"event_id": "{event_id}"' in next(line for line in figure_lines
+                                                if line.startswith("  figure: looping_events = "))
     assert "notebook: " in plain.output and "html: " in plain.output
     assert f"{run_id}   webhook_loop_detected  yes" in listed.output
     assert (done["status"], done["summary"]["resolved"]) == ("ok", True)

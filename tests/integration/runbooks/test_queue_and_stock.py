@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import timedelta
 
 from service.audit.actor import Actor
+from service.clock import utcnow
 from service.erp import services as erp
+from service.erp.models import ErpSyncRun, RunStatus
 from service.extensions import db
 from service.queues.depth import ENQUEUED_AT_HEADER
 from service.queues.samples import record_samples
 from tests.integration.runbooks.conftest import run_runbook
+from tests.support.alerting import evaluate_at, incidents
 from tests.support.db import rows, scalar
 from tests.support.erp import add_products, erp_items, erp_settings, standin, stock_of  # noqa: F401
 
@@ -27,6 +31,13 @@ def _flood(redis, queue: str, count: int, *, waited: float) -> None:
         pipe.lpush(queue, json.dumps({"headers": {ENQUEUED_AT_HEADER: stamp, "id": uuid.uuid4().hex},
                                       "body": ""}))
     pipe.execute()
+
+
+def _skipped_runs(count: int) -> None:
+    at = utcnow()
+    db.session.add_all(ErpSyncRun(trigger="beat", actor="system:erp", status=RunStatus.SKIPPED,
+                                  started_at=at, finished_at=at) for _ in range(count))
+    db.session.commit()
 
 
 def _env(monkeypatch, settings: dict) -> None:
@@ -82,7 +93,9 @@ def test_queue_runbook_finds_the_deep_queue_and_execute_scales_its_workers(
 
 def test_stock_runbook_pauses_a_sync_the_erp_refuses_then_resumes_and_reruns_it(
         clean, build_app, tmp_path, standin, monkeypatch):  # noqa: F811
-    refused = erp_settings(standin, ERP_API_TOKEN="wrong-token",
+    # The rule's own streak needs 5 failures here: the incident after the pause below comes
+    # from the pause itself.
+    refused = erp_settings(standin, ERP_API_TOKEN="wrong-token", ERP_ALERT_FAILED_RUNS=5,
                            RUNBOOK_OUTPUT_DIR=str(tmp_path / "runs"))
     _env(monkeypatch, refused)
     app = build_app(refused)
@@ -91,6 +104,9 @@ def test_stock_runbook_pauses_a_sync_the_erp_refuses_then_resumes_and_reruns_it(
         erp_items(standin, {"SKU-A": 11, "SKU-B": 7})
         for _ in range(3):
             assert erp.sync_now(trigger="cli", actor=Actor.cli()).status == "failed"
+        # Then more skipped runs than the runbook shows (a pause, since lifted): they do not
+        # break the failed streak.
+        _skipped_runs(12)
 
     code, dry = run_runbook(app, "stock_sync_failure")
 
@@ -114,6 +130,13 @@ def test_stock_runbook_pauses_a_sync_the_erp_refuses_then_resumes_and_reruns_it(
         assert erp.pause_state()["paused"] is True
         assert [r["kind"] for r in rows("SELECT kind FROM alert_signals")] == ["erp_sync_failed"]
         assert scalar("SELECT count(*) FROM audit_logs WHERE action = 'erp.pause'") == 1
+        # Responders are told: the paused-for-a-failure sync opens the P2 incident.
+        now = utcnow()
+        evaluate_at(now + timedelta(seconds=1))
+        evaluate_at(now + timedelta(seconds=125))
+        [incident] = incidents(rule="erp_sync_failing")
+        assert (incident["status"], incident["severity"], incident["signal_count"]) == \
+            ("open", "P2", 1)
 
     # The token is fixed: the runbook resumes the sync and re-runs it.
     fixed = erp_settings(standin, RUNBOOK_OUTPUT_DIR=str(tmp_path / "runs"))

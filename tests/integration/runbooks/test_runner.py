@@ -4,7 +4,10 @@ names and parameters, and the list of runs."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import nbformat
@@ -71,3 +74,27 @@ def test_plain_papermill_runs_a_notebook_too(clean, tmp_path):
                    for o in c.get("outputs", []) if "application/json" in o.get("data", {}))
     assert (summary["dry_run"], summary["problem"], summary["window"]["length"]) == (True, False, "2h")
     assert summary["actor"].startswith("cli:")
+
+
+def test_ctrl_c_during_a_run_leaves_a_failed_run_not_a_running_one(runbook_app, tmp_path):
+    """A responder's Ctrl-C while the notebook runs: the command stops, and its row says
+    how the run ended instead of `running` forever."""
+    env = dict(os.environ, RUNBOOK_OUTPUT_DIR=str(tmp_path / "runs"))
+    proc = subprocess.Popen([str(VENV_BIN / "flask"), "--app", "service", "runbook", "run",
+                             "webhook_loop_detected"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "runs").glob("*/*.ipynb")):  # the kernel is starting
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert proc.returncode != 0, output
+    with runbook_app.app_context():
+        [run] = rows("SELECT status, error, finished_at FROM runbook_runs")
+    assert (run["status"], run["error"]) == ("failed", "interrupted (KeyboardInterrupt)"), output
+    assert run["finished_at"] is not None

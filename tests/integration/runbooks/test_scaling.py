@@ -18,7 +18,15 @@ def _scale(app, *args):
 
 
 def test_the_playbook_scales_supervisord_programs_idempotently(clean, build_app, supervisor):
-    app = build_app(supervisor.settings())
+    settings = supervisor.settings()
+    log_dir = supervisor.logs / "workers"  # not there yet, as /var/log/racine on a new host
+    settings["SCALING_EXTRA_VARS"] = json.dumps({**json.loads(settings["SCALING_EXTRA_VARS"]),
+                                                 "worker_log_dir": str(log_dir)})
+    app = build_app(settings)
+
+    code, preview = _scale(app, "erp", "3", "--check")
+    assert code == 0 and preview["changed"] is True, preview
+    assert not log_dir.exists()  # --check creates nothing
 
     code, first = _scale(app, "erp", "3", "--reason", "backlog")
     assert code == 0, first
@@ -26,6 +34,8 @@ def test_the_playbook_scales_supervisord_programs_idempotently(clean, build_app,
     assert supervisor.running("erp") == ["racine-worker-erp-01", "racine-worker-erp-02",
                                          "racine-worker-erp-03"]
     pids = supervisor.pids("erp")
+    assert sorted(p.name for p in log_dir.iterdir()) == [
+        f"racine-worker-erp-0{n}.log" for n in (1, 2, 3)]
 
     code, again = _scale(app, "erp", "3")
     assert code == 0 and again["changed"] is False
