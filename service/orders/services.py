@@ -550,10 +550,17 @@ def refunded_cents(order_id: int) -> int:
 
 
 @not_critical("reads")
-def stuck_pending_orders(*, older_than: datetime, limit: int = 20) -> dict:
+def stuck_pending_orders(*, older_than: datetime, limit: int = 20,
+                         with_payment: bool = False) -> dict:
     """Orders still pending that were created before `older_than`: how many, and the
-    oldest `limit` of them (id, total, created at), for the payment runbook."""
-    stuck = (Order.status == states.PENDING, Order.created_at < older_than)
+    oldest `limit` of them (id, total, created at), for the payment runbook.
+
+    `with_payment`: only those with a payment recorded (money came and the order did not
+    move: short, in another currency); the others are checkouts nobody paid yet, or
+    whose payment event is among the failures."""
+    stuck = [Order.status == states.PENDING, Order.created_at < older_than]
+    if with_payment:
+        stuck.append(select(Payment.id).where(Payment.order_id == Order.id).exists())
     count = db.session.scalar(select(func.count()).select_from(Order).where(*stuck)) or 0
     oldest = db.session.execute(
         select(Order.id, Order.total_cents, Order.currency, Order.created_at)

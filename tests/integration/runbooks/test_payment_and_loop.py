@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from service.clock import utcnow
 from service.extensions import db
+from service.orders import services
 from service.webhooks.models import WebhookEvent, WebhookFailure
 from tests.integration.runbooks.conftest import run_runbook
 from tests.support.db import rows, scalar
@@ -58,10 +59,13 @@ def test_payment_runbook_finds_failures_and_execute_retries_them_until_processed
     assert summary["figures"]["failure_groups"] == [
         {"provider": "stripe", "error": "OrderNotFound", "event_type": "payment_intent.succeeded",
          "failures": 3, "unresolved": 3}]
-    assert summary["figures"]["stuck_pending_orders"] == 1
-    assert [f["stuck_pending_orders"] for f in summary["findings"]
-            if f["finding"].startswith("1 orders pending for more than 15m; oldest: order "
-                                       f"{orders[0]} since ")] == [1]
+    # The long-pending order has no payment recorded (its event is among the failures):
+    # counted and noted, not a finding of its own.
+    assert (summary["figures"]["stuck_pending_orders"],
+            summary["figures"]["stuck_with_payment"]) == (1, 0)
+    assert not [f for f in summary["findings"] if "pending" in f["finding"]]
+    assert "1 orders pending for more than 15m, none with a payment recorded: unpaid " \
+        "checkouts, or paid by the failures above" in summary["notes"]
     assert summary["decision"] == "retry the 3 unresolved failures of the window"
     assert summary["actions"] == [] and summary["planned"][0].startswith("retry 3 failures")
     with app.app_context():
@@ -92,16 +96,24 @@ def test_payment_runbook_finds_failures_and_execute_retries_them_until_processed
                       " AND entity_id = :id", id=str(done["run_id"])) == 1
     assert summary["actions"][1]["orders_still_stuck"] == 0  # its payment was retried
 
-    # An order long pending that no retry pays: still a problem, for a person.
+    # An order long pending although money came (short of its total), which no retry
+    # pays: a problem, for a person. A checkout nobody paid beside it is not one.
     with app.app_context():
+        short = make_order(total_cents=500)
+        services.record_payment(order_id=short, provider="stripe", provider_payment_id="pi_short",
+                                amount_cents=200, currency="EUR", source="test")
+        db.session.commit()
         unpaid = make_order(total_cents=500)
+        _created_minutes_ago(short, 30)
         _created_minutes_ago(unpaid, 30)
 
     code, again = run_runbook(app, "payment_processing_failure")
 
     assert (code, again["status"]) == (1, "problem"), again
     assert [f["finding"].split(";")[0] for f in again["summary"]["findings"]] == \
-        ["1 orders pending for more than 15m"]
+        ["1 orders pending for more than 15m although a payment was recorded"]
+    assert f"oldest: order {short} since " in again["summary"]["findings"][0]["finding"]
+    assert again["summary"]["figures"]["stuck_pending_orders"] == 2
 
 
 def test_loop_runbook_names_the_repeated_event_and_execute_pins_it_and_alerts(runbook_app):
