@@ -9,6 +9,7 @@ import uuid
 
 import redis
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service.celery_app import celery_init_app
 from service.config import (
@@ -52,6 +53,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         socket_connect_timeout=publish_timeout, health_check_interval=30,
     )
     _install_request_id(app)
+    if app.config["TRUSTED_PROXIES"] > 0:
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
     from service import (
         accounts,

@@ -103,6 +103,10 @@ def load_settings(instance_path: str) -> dict:
         **money_safety_settings(),
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": redis_url,
+        # Reverse proxies in front of gunicorn whose X-Forwarded-For/-Proto are trusted
+        # (the audit trail's IP is then the client's, not the proxy's). 0: none; set it to
+        # the number of proxies that append to the header, never more.
+        "TRUSTED_PROXIES": _env_int("TRUSTED_PROXIES", 0),
         "LOG_LEVEL": _env_str("LOG_LEVEL", "INFO"),
         "LOG_JSON": _env_bool("LOG_JSON", True),
         # How often a process adds its buffered counts to Redis (and at exit in any case).

@@ -144,3 +144,23 @@ def test_partitions_are_created_ahead_by_the_beat_task(clean, monkeypatch):
         for name in created:
             db.session.execute(text(f"DROP TABLE {name}"))
         db.session.commit()
+
+
+def test_the_audit_row_names_the_client_behind_a_trusted_proxy_and_only_then(
+        clean, build_app, monkeypatch):
+    """Behind TRUSTED_PROXIES reverse proxies the audit row keeps the client's address
+    from X-Forwarded-For; without that setting a caller cannot choose its own IP."""
+    pid = _product(clean)
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    path = f"/api/admin/products/{pid}/stock-adjustments"
+    direct = caller(clean, "operator")
+    assert direct.post(path, json={"delta": 1, "reason": "count"},
+                       headers=forwarded).status_code == 201
+    monkeypatch.setenv("TRUSTED_PROXIES", "1")
+    proxied = caller(build_app({}), "operator", email="proxied@racine.test")
+    assert proxied.post(path, json={"delta": 1, "reason": "count"},
+                        headers=forwarded).status_code == 201
+    with clean.app_context():
+        ips = [r["ip_address"] for r in rows(
+            "SELECT ip_address FROM audit_logs WHERE action = 'product.stock_adjust' ORDER BY id")]
+    assert ips == ["127.0.0.1", "203.0.113.9"]
