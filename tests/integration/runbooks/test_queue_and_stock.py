@@ -152,3 +152,38 @@ def test_stock_runbook_pauses_a_sync_the_erp_refuses_then_resumes_and_reruns_it(
         assert stock_of("SKU-A") == 11
         assert erp.pause_state()["paused"] is False
         assert scalar("SELECT count(*) FROM runbook_runs WHERE execute") == 2
+
+
+def test_stock_runbook_finds_a_sync_that_stopped_succeeding_and_reruns_it(
+        clean, build_app, tmp_path, standin, monkeypatch):  # noqa: F811
+    """The alert's other trigger: no success for 30 min, no failure either (the runs stuck
+    or never started). The ERP answers: the runbook finds it and re-runs the sync."""
+    settings = erp_settings(standin, RUNBOOK_OUTPUT_DIR=str(tmp_path / "runs"))
+    _env(monkeypatch, settings)
+    app = build_app(settings)
+    with app.app_context():
+        add_products(("SKU-A", 5))
+        erp_items(standin, {"SKU-A": 9})
+        long_ago = utcnow() - timedelta(hours=2)
+        db.session.add_all([
+            ErpSyncRun(trigger="beat", actor="system:erp", status=RunStatus.SUCCEEDED,
+                       started_at=long_ago, finished_at=long_ago),
+            ErpSyncRun(trigger="beat", actor="system:erp", status=RunStatus.RUNNING,
+                       started_at=long_ago + timedelta(minutes=5))])
+        db.session.commit()
+
+    code, dry = run_runbook(app, "stock_sync_failure")
+
+    assert (code, dry["status"]) == (1, "problem"), dry
+    assert dry["summary"]["figures"]["stale"] is True
+    assert dry["summary"]["figures"]["failed_in_a_row"] == 0
+    assert dry["summary"]["findings"][0]["finding"].startswith(
+        "no successful ERP sync for more than 30m")
+    assert dry["summary"]["planned"] == ["re-run the sync now"]
+
+    code, done = run_runbook(app, "stock_sync_failure", "--execute")
+
+    assert (code, done["status"]) == (0, "ok"), done
+    assert [a["action"] for a in done["summary"]["actions"]] == ["erp sync re-run"]
+    with app.app_context():
+        assert stock_of("SKU-A") == 9
