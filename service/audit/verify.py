@@ -103,6 +103,19 @@ def _archived_anchor() -> tuple[int, str]:
     return (last.last_id + 1, last.last_hash) if last else (1, GENESIS_HASH)
 
 
+def _archive_recorded(last_id: int, last_hash: str) -> bool:
+    """Whether the live chain holds the `audit.archive` row of the archive ending at
+    `last_id` with `last_hash`. The archiver writes that row (hash-linked like any other)
+    after the months it archives, so the newest archive's row is always live; an entry
+    added to the register by hand has none."""
+    metas = db.session.scalars(select(AuditLog.meta).where(AuditLog.action == "audit.archive"))
+    for meta in metas:
+        details = json.loads(meta or "{}")
+        if details.get("last_id") == last_id and details.get("last_hash") == last_hash:
+            return True
+    return False
+
+
 def _anchor_before(first_id: int) -> tuple[str | None, str]:
     """The hash the row `first_id` must link to, and where it came from."""
     row = db.session.execute(
@@ -144,6 +157,12 @@ def verify_chain(*, since: datetime | None = None, progress: Progress | None = N
     rows = stream_rows(since)
     if since is None:
         expected_id, expected_prev = _archived_anchor()
+        if expected_id > 1 and not _archive_recorded(expected_id - 1, expected_prev):
+            return Report(False, 0, None, None, None, Break(
+                "missing", expected_id - 1,
+                f"the archive register's entry ending at row {expected_id - 1} is not "
+                "recorded in the chain (no audit.archive row names it): the rows up to it "
+                "were removed outside the archiver"))
         report = walk(rows, expected_id=expected_id, expected_prev=expected_prev,
                       progress=progress)
         return _check_head(report, witness, end_id=expected_id - 1)

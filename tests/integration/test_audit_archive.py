@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from service.audit import head
 from service.audit import services as audit
 from service.audit.actor import Actor
+from service.audit.models import AuditArchive
 from service.audit.partitions import Month, create_partition_sql, existing
 from service.extensions import db
 from tests.support.admin import caller
@@ -162,3 +163,23 @@ def test_sqlite_triggers_refuse_update_and_delete(build_app, tmp_path):
         report = verify_chain()
         assert (report.ok, report.problem.kind, report.problem.row_id) == (False, "missing", 2)
         db.session.remove()
+
+
+def test_a_month_dropped_behind_a_forged_archive_entry_is_reported(clean, old_months):
+    """Dropping the oldest month and adding a register entry that ends where it ended
+    (the register takes inserts) does not pass: the chain has no audit.archive row for it."""
+    with clean.app_context():
+        last_hash = db.session.execute(text("SELECT hash FROM audit_logs WHERE id = 12")).scalar()
+        db.session.execute(text(f"DROP TABLE {Month(2001, 1).table}"))
+        db.session.add(AuditArchive(month="2001-01", path="/nowhere.jsonl.gz", file_sha256="0" * 64,
+                                    row_count=12, first_id=1, last_id=12,
+                                    first_prev_hash="0" * 64, last_hash=last_hash))
+        db.session.commit()
+        db.session.remove()
+
+    result = _cli(clean, "audit", "verify", "--json")
+
+    assert result.exit_code == 1, result.output
+    problem = json.loads(result.stdout)["problem"]
+    assert (problem["kind"], problem["row_id"]) == ("missing", 12)
+    assert "not recorded in the chain" in problem["message"]
