@@ -198,7 +198,8 @@ def judge_payment(before: Settlement, *, order_currency: str, amount: int, curre
 # ---- refunds ----------------------------------------------------------------------------
 
 class RefundStatus:
-    """Provider refund statuses, and the two this service gives a refund it refuses."""
+    """Provider refund statuses, the two this service gives a refund it refuses, and the
+    one it gives a cumulative figure's money once real refunds name it."""
 
     PENDING = "pending"
     REQUIRES_ACTION = "requires_action"
@@ -207,6 +208,9 @@ class RefundStatus:
     CANCELED = "canceled"
     CURRENCY_MISMATCH = "currency_mismatch"  # refused: not the order's currency
     EXCEEDS_CAPTURE = "exceeds_capture"  # refused: more than was captured
+    # A cumulative figure's money that real refunds of the same payment have since named:
+    # it counts through them now, never again by itself.
+    SUPERSEDED = "superseded"
 
     PROVIDER = (PENDING, REQUIRES_ACTION, SUCCEEDED, FAILED, CANCELED)
     REFUSED = (CURRENCY_MISMATCH, EXCEEDS_CAPTURE)
@@ -236,6 +240,22 @@ def cumulative_delta(cumulative: int, already: int) -> int:
     smaller one) find it counted and add nothing.
     """
     return max(cumulative - already, 0)
+
+
+def identified(amount: int, unidentified: list[int]) -> list[int]:
+    """How much of each cumulative figure's money not yet identified (oldest first) a real
+    refund of `amount` that starts counting turns out to be.
+
+    A cumulative figure names no refund, so the first real refunds of the same payment
+    that count are taken to be its money: the payment then counts the larger of the
+    figure and its real refunds, never their sum.
+    """
+    taken = []
+    for part in unidentified:
+        take = min(part, amount)
+        amount -= take
+        taken.append(take)
+    return taken
 
 
 @dataclass(frozen=True)

@@ -282,20 +282,22 @@ def apply_refunds(
     """
     order = _lock_order(order_id)
     facts = [_checked_fact(fact) for fact in refunds]
+    synthetic = None
     if cumulative is not None:
         total = money.checked_minor_units(cumulative.total_cents)
         delta = money.cumulative_delta(total, _counted_refunds(provider, provider_payment_id))
         if delta:
-            facts.append(_checked_fact(RefundFact(
-                f"{cumulative.key}:cumulative:{total}", delta, cumulative.currency)))
+            synthetic = _checked_fact(RefundFact(
+                _cumulative_id(provider, f"{cumulative.key}{_CUMULATIVE}{total}"),
+                delta, cumulative.currency))
+            facts.append(synthetic)
     before = {"status": order.status, "refunded_cents": order.refunded_cents}
     changes = []
     for fact in facts:
-        change = _apply_refund(order, fact, provider=provider,
-                               provider_payment_id=provider_payment_id,
-                               captured_cents=captured_cents, source=source)
-        if change is not None:
-            changes.append(change)
+        changes += _apply_refund(order, fact, provider=provider,
+                                 provider_payment_id=provider_payment_id,
+                                 captured_cents=captured_cents, source=source,
+                                 real=fact is not synthetic)
     settlement = _settlement(order)
     refused = _move(order, money.status_for(order.status, settlement), source=source,
                     reason=f"refunded {settlement.refunded} of {settlement.paid}")
@@ -338,20 +340,26 @@ def _checked_fact(fact: RefundFact) -> RefundFact:
 
 def _apply_refund(order: Order, fact: RefundFact, *, provider: str,
                   provider_payment_id: str | None, captured_cents: int | None,
-                  source: str) -> _RefundChange | None:
-    """Record or update one refund; what changed, or None."""
+                  source: str, real: bool) -> list[_RefundChange]:
+    """Record or update one refund; what changed (nothing, the refund, and for a real
+    refund that starts counting the cumulative figures' rows it identifies)."""
     refund = db.session.scalar(select(Refund).where(
         Refund.provider == provider, Refund.provider_refund_id == fact.provider_refund_id))
     current = None if refund is None else refund.status
     status = fact.status if current is None else money.refund_status_after(current, fact.status)
     if status == current:
-        return None
+        return []
     if current == RefundStatus.SUCCEEDED:
         # A refund that failed after it succeeded gives its money back to the order.
         order.refunded_cents -= refund.amount_cents
+    unidentified = []
+    if real and status == RefundStatus.SUCCEEDED:
+        unidentified = _unidentified_refunds(provider, provider_payment_id)
+    taken = money.identified(fact.amount_cents, [r.amount_cents for r in unidentified])
     decision = money.judge_refund(
         order_currency=order.currency, currency=fact.currency, amount=fact.amount_cents,
-        status=status, room=_refund_room(order, provider, provider_payment_id, captured_cents))
+        status=status, room=_refund_room(order, provider, provider_payment_id, captured_cents,
+                                         freed=sum(taken)))
     if refund is None:
         refund = Refund(order_id=order.id, provider=provider,
                         provider_refund_id=fact.provider_refund_id,
@@ -359,8 +367,13 @@ def _apply_refund(order: Order, fact: RefundFact, *, provider: str,
                         amount_cents=fact.amount_cents, currency=fact.currency)
         db.session.add(refund)
     refund.status = decision.status
+    changes = [_RefundChange(fact.provider_refund_id, refund.amount_cents, refund.currency,
+                             current, refund.status)]
     if decision.status == RefundStatus.SUCCEEDED:
         order.refunded_cents += fact.amount_cents
+        for row, take in zip(unidentified, taken, strict=True):
+            if take:
+                changes += _supersede(order, row, take)
     db.session.flush()
     if decision.signal is not None:
         settlement = _settlement(order)
@@ -370,17 +383,70 @@ def _apply_refund(order: Order, fact: RefundFact, *, provider: str,
             "currency": fact.currency, "order_currency": order.currency,
             "paid": settlement.paid, "refunded": settlement.refunded,
             "captured": captured_cents})
-    return _RefundChange(fact.provider_refund_id, refund.amount_cents, refund.currency,
-                         current, refund.status)
+    return changes
+
+
+# A cumulative figure's refund rows are named `<charge>:cumulative:<figure>` (with `:<n>`
+# when the figure is counted again, see `_cumulative_id`); what a real refund leaves of
+# one, `...:rest:<amount>`.
+_CUMULATIVE = ":cumulative:"
+_REST = ":rest:"
+
+
+def _cumulative_id(provider: str, name: str) -> str:
+    """The refund id for a cumulative figure's new money: its own name, unless a row of
+    that name was superseded (its money was identified as a real refund, which then
+    failed, and the provider reports the figure again: new money, counted again)."""
+    candidate, n = name, 1
+    while db.session.scalar(select(Refund.status).where(
+            Refund.provider == provider,
+            Refund.provider_refund_id == candidate)) == RefundStatus.SUPERSEDED:
+        n += 1
+        candidate = f"{name}:{n}"
+    return candidate
+
+
+def _unidentified_refunds(provider: str, provider_payment_id: str | None) -> list[Refund]:
+    """The payment's counted cumulative-figure rows, oldest first: money no real refund
+    has named yet (read under the order's lock)."""
+    if not provider_payment_id:
+        return []
+    return list(db.session.scalars(select(Refund).where(
+        Refund.provider == provider, Refund.provider_payment_id == provider_payment_id,
+        Refund.status == RefundStatus.SUCCEEDED,
+        Refund.provider_refund_id.contains(_CUMULATIVE, autoescape=True)).order_by(Refund.id)))
+
+
+def _supersede(order: Order, row: Refund, take: int) -> list[_RefundChange]:
+    """A cumulative figure's row, `take` of which a real refund turned out to be: it stops
+    counting, and what the real refund leaves of it counts on as a new row. Amounts are
+    never rewritten, so the audit row's statuses say every change."""
+    row.status = RefundStatus.SUPERSEDED
+    order.refunded_cents -= row.amount_cents
+    changes = [_RefundChange(row.provider_refund_id, row.amount_cents, row.currency,
+                             RefundStatus.SUCCEEDED, row.status)]
+    rest = row.amount_cents - take
+    if rest:
+        # The rest of a figure only shrinks, so its name is new.
+        name = f"{row.provider_refund_id.split(_REST)[0]}{_REST}{rest}"
+        db.session.add(Refund(order_id=row.order_id, provider=row.provider,
+                              provider_refund_id=name,
+                              provider_payment_id=row.provider_payment_id, amount_cents=rest,
+                              currency=row.currency, status=RefundStatus.SUCCEEDED))
+        order.refunded_cents += rest
+        changes.append(_RefundChange(name, rest, row.currency, None, RefundStatus.SUCCEEDED))
+    return changes
 
 
 def _refund_room(order: Order, provider: str, provider_payment_id: str | None,
-                 captured_cents: int | None) -> int | None:
+                 captured_cents: int | None, *, freed: int = 0) -> int | None:
     """How much more may be refunded: bounded by the order's paid sum minus its refunds,
     and by the payment's capture minus that payment's refunds; None if nothing bounds it
-    yet (a refund that overtook its payment, with no captured figure)."""
+    yet (a refund that overtook its payment, with no captured figure). `freed`: counted
+    cumulative money the refund being judged turns out to be, so not taken twice."""
     rooms = []
-    order_room = _settlement(order).refundable
+    order_room = money.Settlement(order.total_cents, order.paid_cents,
+                                  order.refunded_cents - freed).refundable
     if order_room is not None:
         rooms.append(order_room)
     cap = captured_cents
@@ -389,7 +455,7 @@ def _refund_room(order: Order, provider: str, provider_payment_id: str | None,
         if payment is not None and payment.status in PaymentStatus.COUNTED:
             cap = payment.amount_cents
     if cap is not None:
-        rooms.append(max(cap - _counted_refunds(provider, provider_payment_id), 0))
+        rooms.append(max(cap - _counted_refunds(provider, provider_payment_id) + freed, 0))
     return min(rooms) if rooms else None
 
 

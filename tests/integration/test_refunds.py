@@ -234,6 +234,38 @@ def test_a_webhook_that_outruns_the_providers_answer_is_counted_once(clean, prov
     assert operator_row["already_recorded"] == [response.get_json()["provider_refund_id"]]
 
 
+def test_a_cumulative_figure_that_outruns_the_providers_answer_is_counted_once(
+        clean, providers, operator):
+    """The webhook carries only the charge's cumulative figure, processed before the
+    provider's HTTP answer: the operator's refund is that figure's money, so the figure's
+    row stops counting and the operator's audit row says so."""
+    stripe, _ = providers
+    order_id, intent = paid_order(clean)
+
+    def webhook_first(refund_body):
+        body, _ = stripe_event("charge.refunded", _charge_refunded_cumulative(
+            order_id, intent, refund_body["id"]))
+        _deliver(clean, body, stripe_headers(body))
+
+    stripe.before_answer = webhook_first
+    response = refund(operator, order_id, 300)
+    assert response.status_code == 201, response.get_json()
+    refund_id = response.get_json()["provider_refund_id"]
+    figure = f"ch_{intent}:cumulative:300"
+    with clean.app_context():
+        assert rows("SELECT provider_refund_id, status FROM refunds ORDER BY id") == [
+            {"provider_refund_id": figure, "status": "superseded"},
+            {"provider_refund_id": refund_id, "status": "succeeded"}]
+        assert scalar("SELECT refunded_cents FROM orders WHERE id = :id", id=order_id) == 300
+        logs = rows("SELECT actor, metadata FROM audit_logs WHERE action = 'order.refund'"
+                    " ORDER BY id")
+    assert [log["actor"] for log in logs] == ["system:stripe", f"user:{operator.email}"]
+    operator_row = json.loads(logs[1]["metadata"])
+    assert operator_row["before"]["refunds"] == {refund_id: None, figure: "succeeded"}
+    assert operator_row["after"]["refunds"] == {refund_id: "succeeded", figure: "superseded"}
+    assert operator_row["before"]["refunded_cents"] == operator_row["after"]["refunded_cents"]
+
+
 def test_a_refund_pending_at_the_provider_counts_once_it_succeeds(clean, providers, operator):
     stripe, _ = providers
     stripe.refund_status = "pending"

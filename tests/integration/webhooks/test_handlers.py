@@ -4,9 +4,12 @@ session's transaction and the test commits, as the worker does."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import select
+import json
 
+import pytest
+from sqlalchemy import func, select
+
+from service.audit.models import AuditLog
 from service.orders.exceptions import InvalidAmount
 from service.orders.models import Order, OrderStatusChange, Payment, Refund
 from service.webhooks import handlers, processing
@@ -149,6 +152,120 @@ def test_stripe_refund_that_fails_after_it_succeeded_stops_counting(ctx):
 
     assert order(ctx, order_id).refunded_cents == 0
     assert refund_statuses(ctx, order_id) == [("re_1", "failed")]
+
+
+# A cumulative figure (no refund list) names no refund; the real refunds of the same
+# payment that later start counting are taken to be its money first: the payment counts
+# the larger of the figure and its real refunds, never their sum.
+
+def cumulative(refunded: int, event_id: str | None = None) -> dict:
+    return stripe({"id": "ch_1", "payment_intent": "pi_1", "currency": "eur", "amount": 1000,
+                   "amount_captured": 1000, "amount_refunded": refunded},
+                  event_id or f"evt_ch_{refunded}")
+
+
+def paid_then_refunded_by_figure(session, figure: int) -> int:
+    """An order of 1,000 paid by pi_1, then a cumulative figure of `figure` refunded."""
+    order_id = make_order(total_cents=1000)
+    handle(session, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 1000))
+    handle(session, "stripe", "charge.refunded", cumulative(figure))
+    return order_id
+
+
+def counted(session, order_id: int) -> tuple:
+    """The order's refunded sum, and what its refund rows count: the two must agree."""
+    return (order(session, order_id).refunded_cents, session.scalar(
+        select(func.coalesce(func.sum(Refund.amount_cents), 0))
+        .where(Refund.order_id == order_id, Refund.status == "succeeded")))
+
+
+def test_a_real_refund_after_a_cumulative_figure_is_its_money_not_more(ctx):
+    order_id = paid_then_refunded_by_figure(ctx, 400)
+
+    handle(ctx, "stripe", "refund.created", stripe_refund(order_id, "re_1", 400, "succeeded"))
+    handle(ctx, "stripe", "charge.refunded", cumulative(400, "evt_ch_400_again"))
+
+    assert counted(ctx, order_id) == (400, 400)
+    assert order(ctx, order_id).status == "partially_refunded"
+    assert refund_statuses(ctx, order_id) == [("ch_1:cumulative:400", "superseded"),
+                                              ("re_1", "succeeded")]
+    log = ctx.scalars(select(AuditLog).where(AuditLog.action == "order.refund")
+                      .order_by(AuditLog.id)).all()[-1]
+    meta = json.loads(log.meta)
+    assert meta["before"] == {"status": "partially_refunded", "refunded_cents": 400, "refunds": {
+        "re_1": None, "ch_1:cumulative:400": "succeeded"}}
+    assert meta["after"] == {"status": "partially_refunded", "refunded_cents": 400, "refunds": {
+        "re_1": "succeeded", "ch_1:cumulative:400": "superseded"}}
+
+
+def test_a_full_refund_named_after_its_cumulative_figure_is_not_refused(ctx):
+    # Counted twice, the real refund would exceed the capture and be refused.
+    order_id = paid_then_refunded_by_figure(ctx, 1000)
+
+    handle(ctx, "stripe", "charge.refunded", stripe(
+        {"id": "ch_1", "payment_intent": "pi_1", "currency": "eur", "amount": 1000,
+         "amount_refunded": 1000, "refunds": {"data": [{"id": "re_1", "amount": 1000}]}},
+        "evt_ch_list"))
+
+    assert counted(ctx, order_id) == (1000, 1000)
+    assert order(ctx, order_id).status == "refunded"
+    assert refund_statuses(ctx, order_id) == [("ch_1:cumulative:1000", "superseded"),
+                                              ("re_1", "succeeded")]
+
+
+def test_real_refunds_that_split_a_cumulative_figure_count_it_once(ctx):
+    order_id = paid_then_refunded_by_figure(ctx, 400)
+
+    handle(ctx, "stripe", "refund.updated", stripe_refund(order_id, "re_1", 300, "succeeded"))
+    assert counted(ctx, order_id) == (400, 400)
+    handle(ctx, "stripe", "refund.updated", stripe_refund(order_id, "re_2", 100, "succeeded"))
+    assert counted(ctx, order_id) == (400, 400)
+    # A third refund is new money: the figure is used up.
+    handle(ctx, "stripe", "refund.updated", stripe_refund(order_id, "re_3", 250, "succeeded"))
+
+    assert counted(ctx, order_id) == (650, 650)
+    assert refund_statuses(ctx, order_id) == [
+        ("ch_1:cumulative:400", "superseded"), ("re_1", "succeeded"),
+        ("ch_1:cumulative:400:rest:100", "superseded"), ("re_2", "succeeded"),
+        ("re_3", "succeeded")]
+
+
+def test_a_pending_refund_that_succeeds_after_the_figure_counted_it_is_not_counted_again(ctx):
+    order_id = make_order(total_cents=1000)
+    handle(ctx, "stripe", "payment_intent.succeeded", stripe_intent(order_id, 1000))
+    handle(ctx, "stripe", "refund.created", stripe_refund(order_id, "re_1", 400, "pending"))
+    handle(ctx, "stripe", "charge.refunded", cumulative(400))
+    assert counted(ctx, order_id) == (400, 400)
+
+    handle(ctx, "stripe", "refund.updated", stripe_refund(order_id, "re_1", 400, "succeeded"))
+
+    assert counted(ctx, order_id) == (400, 400)
+    assert order(ctx, order_id).status == "partially_refunded"
+
+
+def test_a_real_refund_larger_than_the_figure_counts_only_what_the_figure_lacked(ctx):
+    order_id = paid_then_refunded_by_figure(ctx, 400)
+
+    handle(ctx, "stripe", "refund.created", stripe_refund(order_id, "re_1", 600, "succeeded"))
+
+    assert counted(ctx, order_id) == (600, 600)
+
+
+def test_a_real_refund_that_fails_after_naming_the_figure_takes_its_money_back(ctx):
+    order_id = paid_then_refunded_by_figure(ctx, 400)
+    handle(ctx, "stripe", "refund.created", stripe_refund(order_id, "re_1", 400, "succeeded"))
+
+    handle(ctx, "stripe", "refund.failed", stripe_refund(order_id, "re_1", 400, "failed"))
+
+    # The figure's 400 was re_1, and re_1 failed: nothing is refunded.
+    assert counted(ctx, order_id) == (0, 0)
+    assert refund_statuses(ctx, order_id) == [("ch_1:cumulative:400", "superseded"),
+                                              ("re_1", "failed")]
+    # The provider reports 400 refunded again later (another refund): it counts, once.
+    handle(ctx, "stripe", "charge.refunded", cumulative(400, "evt_ch_400_later"))
+    handle(ctx, "stripe", "charge.refunded", cumulative(400, "evt_ch_400_later_again"))
+    assert counted(ctx, order_id) == (400, 400)
+    assert refund_statuses(ctx, order_id)[-1] == ("ch_1:cumulative:400:2", "succeeded")
 
 
 def test_stripe_dispute_marks_the_order_and_its_payment_disputed(ctx):

@@ -139,6 +139,7 @@ def test_a_payment_after_the_order_was_covered_does_not_cover_it_again():
     (RefundStatus.FAILED, RefundStatus.SUCCEEDED, RefundStatus.FAILED),
     (RefundStatus.CANCELED, RefundStatus.PENDING, RefundStatus.CANCELED),
     (RefundStatus.EXCEEDS_CAPTURE, RefundStatus.SUCCEEDED, RefundStatus.EXCEEDS_CAPTURE),
+    (RefundStatus.SUPERSEDED, RefundStatus.SUCCEEDED, RefundStatus.SUPERSEDED),
 ])
 def test_refund_statuses_only_move_forward(current, incoming, after):
     assert money.refund_status_after(current, incoming) == after
@@ -148,6 +149,14 @@ def test_a_cumulative_figure_adds_only_what_is_not_counted_yet():
     assert money.cumulative_delta(1000, 400) == 600
     assert money.cumulative_delta(400, 1000) == 0  # an older event, overtaken
     assert money.cumulative_delta(1000, 1000) == 0  # the same figure twice
+
+
+def test_a_real_refund_is_the_unidentified_cumulative_money_first_oldest_first():
+    assert money.identified(400, [400]) == [400]
+    assert money.identified(300, [400]) == [300]  # 100 of the figure stays unnamed
+    assert money.identified(600, [400]) == [400]  # 200 is new money
+    assert money.identified(500, [400, 300]) == [400, 100]
+    assert money.identified(500, []) == []
 
 
 def test_a_refund_beyond_what_may_still_be_refunded_is_refused():
