@@ -65,6 +65,8 @@ class Database:
 def _app():
     from service import create_app
 
+    # A throwaway database with the built-in development secrets, like the load stack.
+    os.environ.setdefault("RACINE_ENV", "development")
     return create_app({"LOG_LEVEL": "WARNING"})
 
 
