@@ -82,3 +82,6 @@ def test_the_embedded_layout_grows_and_shrinks_the_pool_of_the_running_worker(
     assert (grown["before"], grown["after"], grown["changed"]) == (1, 3, True)
     code, shrunk = _scale(app, "erp", "2")
     assert code == 0 and (shrunk["before"], shrunk["after"]) == (3, 2)
+    # Asked for none, the running worker keeps one process, and says so.
+    code, floor = _scale(app, "erp", "0")
+    assert code == 0 and (floor["before"], floor["after"]) == (2, 1)
