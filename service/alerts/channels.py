@@ -40,6 +40,9 @@ _SLACK_HANDLE = re.compile(r"^(@[\w.\-]+|<[@!][\w|.\-]+>)$")
 
 class Channel(Protocol):
     name: str
+    # Whether the channel's URL alone names a recipient (used when a severity's contact
+    # list has no entry for the channel).
+    names_its_own_recipient: bool
 
     def send(self, *, title: str, body: str, target: str) -> None:
         """Deliver one message; raise ChannelError when it was not accepted."""

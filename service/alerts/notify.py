@@ -161,16 +161,6 @@ def notify_test(*, severity: str) -> AlertNotification:
                   channels=SEVERITY_CHANNELS[severity], contacts=contacts, enqueue=False)
 
 
-def recipients(channel: str, contacts: Contacts) -> tuple[str, ...]:
-    """Who `channel` reaches for a notice to `contacts`: their entries for it, else the
-    recipient its URL names itself (target ""), else no one."""
-    targets = contacts.targets(channel)
-    configured = current_app.extensions["alert_channels"].get(channel)
-    if not targets and getattr(configured, "names_its_own_recipient", False):
-        return ("",)
-    return targets
-
-
 def _queue(*, incident_id: int | None, kind: str, severity: str, level: int, message: Message,
            channels: tuple[str, ...], contacts: Contacts, enqueue: bool = True) -> AlertNotification:
     configured = current_app.extensions["alert_channels"]
@@ -185,7 +175,10 @@ def _queue(*, incident_id: int | None, kind: str, severity: str, level: int, mes
             log.info("alert channel not configured; notice only logged",
                      extra={"channel": channel, "notification_id": notification.id})
             continue
-        targets = recipients(channel, contacts)
+        # The contacts' entries for the channel, else the recipient its URL names itself
+        # (target ""), else no one.
+        targets = contacts.targets(channel) or (
+            ("",) if configured[channel].names_its_own_recipient else ())
         if not targets:
             log.warning("alert channel has no recipient at this severity; notice not sent "
                         "through it", extra={"channel": channel, "severity": severity,
